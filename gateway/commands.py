@@ -1,0 +1,294 @@
+"""Commands from head office: validate, apply once, answer exactly once with a `command_result`.
+
+The inbox row, the command's effects and its `command_result` event are written in one
+transaction, so a command is applied exactly once even across a crash, and a command id seen
+before is answered `duplicate` without touching anything. Anything wrong with a command (bad
+JSON, unknown type, a field that fails validation, too large) is answered `rejected` with errors
+that name the field; the gateway never stops for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway import outbox
+from gateway.timeutil import epoch_ms, parse_rfc3339, utc_now
+
+log = logging.getLogger(__name__)
+
+ResultStatus = Literal["applied", "duplicate", "rejected"]
+
+# Command types named in contract.md; those without a handler are answered "not supported".
+CONTRACT_COMMANDS = (
+    "price.set",
+    "stock.set",
+    "stock.adjust",
+    "label.assign",
+    "label.flash",
+    "print",
+    "order.reserve",
+    "order.cancel",
+    "order.collected",
+)
+
+
+class CommandModel(BaseModel):
+    """Base of every command's `data` model: unknown fields are errors, values are not coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Envelope(BaseModel):
+    """The command envelope of contract.md §3."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    id: str = Field(min_length=1, max_length=128)
+    type: str = Field(min_length=1, max_length=64)
+    sent_at: str | None = None
+    data: dict[str, Any]
+
+
+@dataclass
+class FieldError:
+    """One problem with a command, naming the field (dotted path from the envelope)."""
+
+    field: str
+    message: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"field": self.field, "message": self.message}
+
+
+class CommandRejected(Exception):
+    """Raised by a handler: the command is invalid as a whole; nothing it did is kept."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
+        self.errors = errors
+
+
+@dataclass
+class Outcome:
+    """What a handler did: items applied and skipped, and per-item problems that did not reject it."""
+
+    applied: int = 0
+    skipped: int = 0
+    errors: list[FieldError] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CommandContext:
+    """What a handler may use: the open transaction, the time, and signals to publish after commit."""
+
+    conn: sqlite3.Connection
+    now: datetime
+    command_id: str
+    signals: list[object] = field(default_factory=list)
+
+    def emit(self, kind: str, data: dict[str, Any]) -> int:
+        """Create an event in this command's transaction."""
+        return outbox.append(self.conn, kind, data, self.now)
+
+    def after_commit(self, signal: object) -> None:
+        """Publish `signal` on the internal bus once this command is committed."""
+        self.signals.append(signal)
+
+
+Handler = Callable[[CommandContext, Any], Outcome]
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    name: str
+    model: type[CommandModel]
+    handler: Handler
+
+
+@dataclass
+class CommandResult:
+    """The `command_result` event's data, plus what to announce after commit."""
+
+    command_id: str | None
+    status: ResultStatus
+    applied: int = 0
+    skipped: int = 0
+    errors: list[FieldError] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    signals: list[object] = field(default_factory=list)
+    type: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "command_id": self.command_id,
+            "status": self.status,
+            "applied": self.applied,
+            "skipped": self.skipped,
+            "errors": [e.as_json() for e in self.errors],
+        }
+        if self.type is not None:
+            data["type"] = self.type
+        data.update(self.extra)
+        return data
+
+
+def _loc(loc: tuple[int | str, ...], prefix: str) -> str:
+    out = prefix
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + str(part)
+    return out or "(command)"
+
+
+def field_errors(exc: ValidationError, prefix: str) -> list[FieldError]:
+    """Pydantic errors as FieldErrors whose paths start at the envelope (`data.items[3].price`)."""
+    errors = []
+    for item in exc.errors():
+        message = str(item["msg"]).removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif item["type"] == "missing":
+            message = "field required"
+        errors.append(FieldError(_loc(tuple(item["loc"]), prefix), message))
+    return errors
+
+
+class Dispatcher:
+    """The registry of command handlers and the one path every command takes."""
+
+    def __init__(self, max_bytes: int = 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._specs: dict[str, CommandSpec] = {}
+
+    def register(self, name: str, model: type[CommandModel], handler: Handler) -> None:
+        if name in self._specs:
+            raise ValueError(f"command {name} registered twice")
+        self._specs[name] = CommandSpec(name, model, handler)
+
+    @property
+    def supported(self) -> list[str]:
+        return sorted(self._specs)
+
+    def handle(self, conn: sqlite3.Connection, payload: bytes, topic_name: str | None = None) -> CommandResult:
+        """Validate and apply one command inside the caller's transaction; write its command_result."""
+        now = utc_now()
+        result = self._apply(conn, payload, topic_name, now)
+        outbox.append(conn, "command_result", result.as_json(), now)
+        if result.status == "rejected":
+            log.warning(
+                "command %s rejected: %s",
+                result.command_id,
+                "; ".join(f"{e.field}: {e.message}" for e in result.errors[:5]),
+            )
+        return result
+
+    def _apply(self, conn: sqlite3.Connection, payload: bytes, topic_name: str | None, now: datetime) -> CommandResult:
+        if len(payload) > self.max_bytes:
+            return CommandResult(
+                _sniff_id(payload),
+                "rejected",
+                errors=[FieldError("(command)", f"{len(payload)} bytes is over the limit of {self.max_bytes}")],
+            )
+        try:
+            raw = json.loads(payload)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return CommandResult(None, "rejected", errors=[FieldError("(command)", f"not valid JSON: {exc}")])
+        if not isinstance(raw, dict):
+            return CommandResult(None, "rejected", errors=[FieldError("(command)", "must be a JSON object")])
+        try:
+            envelope = Envelope.model_validate(raw)
+        except ValidationError as exc:
+            command_id = raw.get("id") if isinstance(raw.get("id"), str) else None
+            return CommandResult(command_id, "rejected", errors=field_errors(exc, ""))
+        result = CommandResult(envelope.id, "applied", type=envelope.type)
+        seen = conn.execute("SELECT status FROM inbox WHERE command_id = ?", (envelope.id,)).fetchone()
+        if seen is not None:
+            result.status = "duplicate"
+            return result
+        errors = self._check_envelope(envelope, topic_name)
+        spec = self._specs.get(envelope.type)
+        if not errors and spec is None:
+            reason = (
+                "not supported by this gateway"
+                if envelope.type in CONTRACT_COMMANDS
+                else f"unknown command type; expected one of {', '.join(CONTRACT_COMMANDS)}"
+            )
+            errors = [FieldError("type", reason)]
+        if not errors and spec is not None:
+            try:
+                data = spec.model.model_validate(envelope.data)
+            except ValidationError as exc:
+                errors = field_errors(exc, "data")
+            else:
+                errors = self._run(conn, spec, data, envelope.id, now, result)
+        if errors:
+            result.status = "rejected"
+            result.errors = errors
+            result.applied = result.skipped = 0
+            result.signals = []
+        conn.execute(
+            "INSERT INTO inbox (command_id, type, status, received_ms) VALUES (?, ?, ?, ?)",
+            (envelope.id, envelope.type, result.status, epoch_ms(now)),
+        )
+        return result
+
+    @staticmethod
+    def _check_envelope(envelope: Envelope, topic_name: str | None) -> list[FieldError]:
+        errors = []
+        if topic_name is not None and topic_name != envelope.type:
+            errors.append(FieldError("type", f'"{envelope.type}" does not match the topic\'s command "{topic_name}"'))
+        if envelope.sent_at is not None:
+            try:
+                parse_rfc3339(envelope.sent_at)
+            except ValueError as exc:
+                errors.append(FieldError("sent_at", str(exc)))
+        return errors
+
+    @staticmethod
+    def _run(
+        conn: sqlite3.Connection,
+        spec: CommandSpec,
+        data: CommandModel,
+        command_id: str,
+        now: datetime,
+        result: CommandResult,
+    ) -> list[FieldError]:
+        context = CommandContext(conn, now, command_id)
+        conn.execute("SAVEPOINT command")
+        try:
+            outcome = spec.handler(context, data)
+        except CommandRejected as exc:
+            conn.execute("ROLLBACK TO command")
+            conn.execute("RELEASE command")
+            return exc.errors
+        except Exception as exc:
+            conn.execute("ROLLBACK TO command")
+            conn.execute("RELEASE command")
+            log.exception("command %s (%s) failed inside its handler", command_id, spec.name)
+            return [FieldError("(command)", f"internal error while applying: {type(exc).__name__}: {exc}")]
+        conn.execute("RELEASE command")
+        result.applied, result.skipped = outcome.applied, outcome.skipped
+        result.errors, result.extra, result.signals = outcome.errors, outcome.extra, context.signals
+        return []
+
+
+def _sniff_id(payload: bytes) -> str | None:
+    """The id of an oversized command, if it can be read cheaply, so head office can match the answer."""
+    head = payload[:512].decode("utf-8", "replace")
+    marker = head.find('"id"')
+    if marker < 0:
+        return None
+    rest = head[marker + 4 :].lstrip(" :")
+    if rest.startswith('"'):
+        end = rest.find('"', 1)
+        if end > 0:
+            return rest[1:end]
+    return None

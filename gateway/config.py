@@ -1,0 +1,440 @@
+"""The gateway's one configuration file: TOML, validated with pydantic, unknown keys refused.
+
+Every problem is reported as `dotted.key: message` so a technician can find the line to fix.
+The keys are those of contract.md §2; docs/configuration.md describes each one.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DeviceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+TopicSegment = Annotated[str, Field(pattern=r"^[^/#+\x00]{1,64}$")]
+
+PRINTER_SCHEMES = ("tcp", "serial", "usb", "file")
+SECRET_KEYS = {"password", "bind_key", "bindkey", "key_password"}
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; `problems` are `dotted.key: message` lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StoreConfig(_Section):
+    """[store]: who this gateway is."""
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
+    timezone: str = "UTC"
+    groups: list[TopicSegment] = []
+    name: str = ""
+    address: list[str] = []
+    footer: str = ""
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f'unknown time zone "{value}"; expected an IANA name such as "Europe/Paris"') from None
+        return value
+
+
+class StateConfig(_Section):
+    """[state]: where the SQLite state database lives."""
+
+    path: Path = Path("/var/lib/store-gateway/state.db")
+
+
+def check_broker_url(value: str, schemes: tuple[str, ...] = ("mqtt", "mqtts")) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in schemes:
+        raise ValueError(f'unknown scheme "{parts.scheme}"; expected {" or ".join(s + "://" for s in schemes)}')
+    if not parts.hostname:
+        raise ValueError("no host name in the URL")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ValueError("the port is not a number from 1 to 65535") from None
+    return value
+
+
+class BrokerAddress(_Section):
+    """Host, port and TLS flag parsed from an mqtt:// or mqtts:// URL."""
+
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        parts = urlsplit(url)
+        tls = parts.scheme == "mqtts"
+        return cls(host=parts.hostname or "", port=parts.port or (8883 if tls else 1883), tls=tls)
+
+
+class UplinkConfig(_Section):
+    """[uplink]: the MQTT link to head office."""
+
+    url: str
+    topic_prefix: Annotated[str, Field(pattern=r"^[^#+\x00]+$")] = "retail"
+    client_id: str | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    inflight: Annotated[int, Field(ge=1, le=1000)] = 100
+    max_command_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 1024 * 1024
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return check_broker_url(value)
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if value.startswith("/") or value.endswith("/"):
+            raise ValueError("must not start or end with /")
+        return value
+
+    @field_validator("ca_file", "cert_file", "key_file", "password_file")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not os.access(value, os.R_OK):
+            raise ValueError(f"cannot read {value}")
+        return value
+
+    @field_validator("password_env")
+    @classmethod
+    def _env_set(cls, value: str | None) -> str | None:
+        if value is not None and value not in os.environ:
+            raise ValueError(f"environment variable {value} is not set")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> UplinkConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (client certificate and its key)")
+        if not self.url.startswith("mqtts") and (self.ca_file or self.cert_file):
+            raise ValueError("ca_file/cert_file need an mqtts:// url")
+        if self.password_file and self.password_env:
+            raise ValueError("give password_file or password_env, not both")
+        return self
+
+    @property
+    def broker(self) -> BrokerAddress:
+        return BrokerAddress.parse(self.url)
+
+    def password(self) -> str | None:
+        """The MQTT password from its file or environment variable, never from the TOML."""
+        if self.password_file is not None:
+            return self.password_file.read_text().strip()
+        if self.password_env is not None:
+            return os.environ[self.password_env]
+        return None
+
+
+class PrinterConfig(_Section):
+    """[[printers]]: an ESC/POS receipt or ticket printer."""
+
+    id: DeviceId
+    url: str
+    profile: str | None = None
+    width_chars: Annotated[int, Field(ge=24, le=80)] = 48
+    job_ttl_s: Annotated[int, Field(ge=10)] = 3600
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in PRINTER_SCHEMES:
+            raise ValueError(f'unknown scheme "{scheme}"; expected tcp, serial, usb or file')
+        return value
+
+
+ScanMode = Literal["price_check", "count", "receive", "return", "pickup"]
+
+
+class ScannerConfig(_Section):
+    """[[scanners]]: a serial barcode scanner and what its scans mean."""
+
+    id: DeviceId
+    port: str
+    baudrate: Annotated[int, Field(gt=0)] = 9600
+    mode: ScanMode = "price_check"
+    suffix: Literal["CR", "LF", "CRLF", "gap"] = "CR"
+    gap_ms: Annotated[int, Field(ge=5, le=2000)] = 50
+    aim_prefix: bool = False
+    reply: bool = True
+    reply_format: str = "{name}\t{price}"
+    reply_unknown: str = "unknown article"
+    printer: DeviceId | None = None
+
+
+class LabelStationConfig(_Section):
+    """[[label_stations]]: an OpenEPaperLink access point, the PNG simulator, or BLE (not yet)."""
+
+    id: DeviceId
+    backend: Literal["openepaperlink", "simulator", "ble"]
+    url: str | None = None
+    directory: Path | None = None
+    max_in_flight: Annotated[int, Field(ge=1, le=256)] = 8
+    retries: Annotated[int, Field(ge=0, le=20)] = 3
+    confirm_timeout_s: Annotated[float, Field(gt=0)] = 900.0
+    confirm_delay_s: Annotated[float, Field(ge=0)] = 0.2
+    failure_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+
+    @model_validator(mode="after")
+    def _backend_needs(self) -> LabelStationConfig:
+        if self.backend == "openepaperlink" and (not self.url or urlsplit(self.url).scheme not in ("http", "https")):
+            raise ValueError('openepaperlink needs url = "http://<access point>"')
+        if self.backend == "simulator" and self.directory is None:
+            raise ValueError('simulator needs directory = "/path/for/pngs"')
+        return self
+
+
+class SensorConfig(_Section):
+    """[[sensors]]: a shelf sensor on the local MQTT broker or over BTHome BLE."""
+
+    id: DeviceId
+    backend: Literal["mqtt", "bthome"]
+    topic: str | None = None
+    address: Annotated[str, Field(pattern=r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$")] | None = None
+    bind_key_file: Path | None = None
+    bind_key_env: str | None = None
+    expected_interval_s: Annotated[float, Field(gt=0)] = 300.0
+
+    @model_validator(mode="after")
+    def _backend_needs(self) -> SensorConfig:
+        if self.backend == "mqtt" and not self.topic:
+            raise ValueError('mqtt sensors need topic = "sensors/<id>"')
+        if self.backend == "bthome" and not self.address:
+            raise ValueError('bthome sensors need address = "AA:BB:CC:DD:EE:FF"')
+        return self
+
+
+class LocalMqttConfig(_Section):
+    """[local_mqtt]: the in-store broker that local sensors publish to."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password_file: Path | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return check_broker_url(value)
+
+
+class ShelfConfig(_Section):
+    """[[shelves]]: a shelf slot watched by a weight sensor."""
+
+    sensor: DeviceId
+    sku: Annotated[str, Field(min_length=1, max_length=64)]
+    unit_weight_g: Annotated[float, Field(gt=0)]
+    tare_g: Annotated[float, Field(ge=0)] = 0
+    capacity: Annotated[int, Field(gt=0)]
+    low: Annotated[int, Field(ge=0)] = 0
+
+
+class LoggingConfig(_Section):
+    """[logging]: how much the daemon says."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Config(_Section):
+    """The whole file."""
+
+    store: StoreConfig
+    state: StateConfig = StateConfig()
+    uplink: UplinkConfig
+    printers: list[PrinterConfig] = []
+    scanners: list[ScannerConfig] = []
+    label_stations: list[LabelStationConfig] = []
+    sensors: list[SensorConfig] = []
+    local_mqtt: LocalMqttConfig = LocalMqttConfig()
+    shelves: list[ShelfConfig] = []
+    logging: LoggingConfig = LoggingConfig()
+
+    @property
+    def client_id(self) -> str:
+        return self.uplink.client_id or f"store-gateway-{self.store.id}"
+
+    def device_ids(self) -> Iterable[tuple[str, str]]:
+        """(kind, id) of every configured device."""
+        for kind, items in (
+            ("printer", self.printers),
+            ("scanner", self.scanners),
+            ("label_station", self.label_stations),
+            ("sensor", self.sensors),
+        ):
+            for item in items:
+                yield kind, item.id
+
+
+def _cross_checks(config: Config) -> list[str]:
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    ids = (
+        [("printers", i, p.id) for i, p in enumerate(config.printers)]
+        + [("scanners", i, s.id) for i, s in enumerate(config.scanners)]
+        + [("label_stations", i, s.id) for i, s in enumerate(config.label_stations)]
+        + [("sensors", i, s.id) for i, s in enumerate(config.sensors)]
+    )
+    for section, index, device_id in ids:
+        where = f"{section}[{index}].id"
+        if device_id in seen:
+            problems.append(f'{where}: "{device_id}" is already used by {seen[device_id]}')
+        seen[device_id] = where
+    printer_ids = {p.id for p in config.printers}
+    for index, scanner in enumerate(config.scanners):
+        if scanner.printer is not None and scanner.printer not in printer_ids:
+            problems.append(f'scanners[{index}].printer: no printer with id "{scanner.printer}"')
+    sensor_ids = {s.id for s in config.sensors}
+    for index, shelf in enumerate(config.shelves):
+        if shelf.sensor not in sensor_ids:
+            problems.append(f'shelves[{index}].sensor: no sensor with id "{shelf.sensor}"')
+        if shelf.low >= shelf.capacity:
+            problems.append(f"shelves[{index}].low: must be below capacity ({shelf.capacity})")
+    return problems
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out or "(file)"
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The pydantic model that holds the key at `loc`, to list its known keys."""
+    model: Any = Config
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        fields = getattr(model, "model_fields", None)
+        field = fields.get(part) if isinstance(fields, dict) else None
+        if field is None:
+            return None
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        model = args[0] if args and isinstance(args[0], type) else annotation
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _message(error: Any) -> str:
+    loc = tuple(error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        if key in SECRET_KEYS:
+            return "secrets may not be written in the config file; use password_file or password_env"
+        model = _model_at(loc)
+        known = ", ".join(model.model_fields) if model is not None else ""
+        return f"unknown key{f' (known keys: {known})' if known else ''}"
+    if kind == "missing":
+        return "required key is missing"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def problems_of(error: ValidationError) -> list[str]:
+    """`dotted.key: message` lines for a pydantic ValidationError."""
+    lines = []
+    for item in error.errors():
+        loc = tuple(item["loc"])
+        lines.append(f"{_dotted(loc)}: {_message(item)}")
+    return lines
+
+
+def parse_config(data: dict[str, Any]) -> Config:
+    """Validate an already-parsed TOML document; raise ConfigError listing every problem."""
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(problems_of(exc)) from None
+    problems = _cross_checks(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a config file; raise ConfigError with `dotted.key: message` lines."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"(file): cannot read {path}: {exc.strerror}"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"(file): not valid TOML: {exc}"]) from None
+    return parse_config(data)
+
+
+def summary(config: Config) -> str:
+    """The one-screen summary `check-config` prints for a valid file."""
+    broker = config.uplink.broker
+    auth = []
+    if config.uplink.cert_file:
+        auth.append("client certificate")
+    if config.uplink.username:
+        auth.append(f"user {config.uplink.username}")
+    lines = [
+        f"store      {config.store.id}  ({config.store.timezone})"
+        + (f"  groups: {', '.join(config.store.groups)}" if config.store.groups else ""),
+        f"state      {config.state.path}",
+        f"uplink     {'mqtts' if broker.tls else 'mqtt'}://{broker.host}:{broker.port}"
+        f"  client id {config.client_id}  prefix {config.uplink.topic_prefix}  MQTT {config.uplink.protocol}"
+        + (f"  ({', '.join(auth)})" if auth else ""),
+    ]
+    for printer in config.printers:
+        lines.append(f"printer    {printer.id:<16} {printer.url}")
+    for scanner in config.scanners:
+        lines.append(f"scanner    {scanner.id:<16} {scanner.port} @{scanner.baudrate}  mode {scanner.mode}")
+    for station in config.label_stations:
+        where = station.url or str(station.directory)
+        lines.append(f"labels     {station.id:<16} {station.backend}  {where}")
+    for sensor in config.sensors:
+        where = sensor.topic or sensor.address or ""
+        lines.append(f"sensor     {sensor.id:<16} {sensor.backend}  {where}")
+    for shelf in config.shelves:
+        lines.append(
+            f"shelf      {shelf.sensor:<16} sku {shelf.sku}  {shelf.unit_weight_g:g} g/unit"
+            f"  capacity {shelf.capacity}  low {shelf.low}"
+        )
+    if config.sensors:
+        lines.append(f"local mqtt {config.local_mqtt.url}")
+    return "\n".join(lines)

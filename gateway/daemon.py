@@ -1,0 +1,130 @@
+"""The daemon: open the state database, start the services and the uplink, stop cleanly on a signal.
+
+SIGTERM or SIGINT: stop taking commands, let the in-flight publishes get their PUBACK, write what
+is queued to the state database, publish the retained `offline` state and exit 0 - all within the
+10 s systemd gives (`TimeoutStopSec`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sqlite3
+from collections.abc import Callable
+
+from gateway import __version__, systemd
+from gateway.bus import Bus
+from gateway.commands import Dispatcher
+from gateway.config import Config
+from gateway.db import StateDB, set_meta
+from gateway.pricing import PricingService
+from gateway.service import Gateway, Service
+from gateway.stock import StockService
+from gateway.supervisor import Supervisor
+from gateway.timeutil import rfc3339, utc_now
+from gateway.uplink import Uplink
+
+log = logging.getLogger(__name__)
+
+# The domain services, one per concern. Adding a feature is adding a service here.
+SERVICES: list[Callable[[Gateway], Service]] = [PricingService, StockService]
+
+_STOP_BUDGET_S = 8.0
+
+
+def _optional_services() -> list[Callable[[Gateway], Service]]:
+    """Services whose modules may not exist yet in this build (each lands with its issue)."""
+    found: list[Callable[[Gateway], Service]] = []
+    for module_name, class_name in (
+        ("gateway.labels.service", "LabelService"),
+        ("gateway.printing.service", "PrintingService"),
+        ("gateway.scanning", "ScanningService"),
+        ("gateway.shelves", "ShelfService"),
+        ("gateway.orders", "OrderService"),
+    ):
+        try:
+            module = __import__(module_name, fromlist=[class_name])
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        service = getattr(module, class_name, None)
+        if service is not None:
+            found.append(service)
+    return found
+
+
+async def run(config: Config, *, stop: asyncio.Event | None = None) -> int:
+    """Run the gateway until `stop` is set or SIGTERM/SIGINT arrives; return the exit code."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+
+    db = StateDB(config.state.path)
+    await db.start()
+    started_at = rfc3339(utc_now())
+
+    def record_start(conn: sqlite3.Connection) -> None:
+        set_meta(conn, "daemon.started_at", started_at)
+        set_meta(conn, "daemon.pid", str(os.getpid()))
+        set_meta(conn, "daemon.version", __version__)
+        set_meta(conn, "daemon.state", "running")
+        set_meta(conn, "store.id", config.store.id)
+
+    await db.write(record_start)
+    gateway = Gateway(config, db, Bus(), Dispatcher(config.uplink.max_command_bytes), Supervisor(db))
+    services = [make(gateway) for make in SERVICES + _optional_services()]
+    for service in services:
+        service.setup()
+    uplink = Uplink(config, db, gateway.apply_command, version=__version__, started_at=started_at)
+
+    tasks: list[asyncio.Task[None]] = []
+    uplink_task = loop.create_task(gateway.supervisor.supervise("uplink", uplink.run), name="uplink")
+    for part in gateway.tasks:
+        tasks.append(loop.create_task(gateway.supervisor.supervise(part.name, part.part, part.device), name=part.name))
+    watchdog = loop.create_task(_watchdog(), name="watchdog")
+    log.info(
+        "store-gateway %s running for store %s with %s",
+        __version__,
+        config.store.id,
+        ", ".join(s.name for s in services),
+    )
+    systemd.notify(f"READY=1\nSTATUS=running for store {config.store.id}")
+
+    await stop.wait()
+    log.info("stopping: finishing in-flight work")
+    systemd.notify("STOPPING=1")
+    deadline = loop.time() + _STOP_BUDGET_S
+    await uplink.stop()
+    for service in services:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(service.stop(), max(0.1, deadline - loop.time() - 3))
+    try:
+        await asyncio.wait_for(asyncio.shield(uplink_task), max(0.1, deadline - loop.time() - 1))
+    except TimeoutError:
+        log.warning("uplink did not finish in time")
+    for task in [*tasks, uplink_task, watchdog]:
+        task.cancel()
+    await asyncio.gather(*tasks, uplink_task, watchdog, return_exceptions=True)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(gateway.bus.drain(), max(0.1, deadline - loop.time()))
+    await uplink.flush()
+    await db.write(lambda conn: set_meta(conn, "daemon.state", "stopped"))
+    await db.close()
+    log.info("stopped")
+    return 0
+
+
+async def _watchdog() -> None:
+    """Ping systemd's watchdog while the event loop turns (a stuck loop gets the daemon restarted)."""
+    interval = systemd.watchdog_interval_s()
+    if interval is None:
+        return
+    while True:
+        systemd.notify("WATCHDOG=1")
+        await asyncio.sleep(interval)

@@ -1,0 +1,227 @@
+"""The state database: one SQLite file (WAL), numbered migrations, and a group-committing writer.
+
+All writes go through one writer thread. It takes every write job waiting in its queue, runs each
+in a SAVEPOINT of one transaction and commits once: a job that fails rolls back alone, and a burst
+of a thousand events costs one fsync instead of a thousand (the SD card thanks us). A job counts as
+done only after that COMMIT, so "committed before it counts as created" holds for every event.
+
+`synchronous=FULL`: in WAL mode NORMAL may lose the last transactions on a power cut, and the
+contract says a power cut loses no event. Group commit keeps the cost of FULL to one WAL fsync
+per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+WriteJob = Callable[[sqlite3.Connection], Any]
+
+_MAX_BATCH = 512
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer gateway than this one."""
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(number, name, sql) of every migration shipped in gateway/migrations/, in order."""
+    found = []
+    for entry in resources.files("gateway.migrations").iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:4].isdigit():
+            found.append((int(name[:4]), name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """A connection with the gateway's pragmas; autocommit mode, transactions are explicit."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply the migrations this database has not seen; return the schema version."""
+    current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    known = migrations()
+    newest = known[-1][0] if known else 0
+    if current > newest:
+        raise SchemaTooNew(
+            f"the state database has schema {current} but this gateway knows up to {newest}; "
+            "install the newer gateway or restore a backup"
+        )
+    for number, name, sql in known:
+        if number <= current:
+            continue
+        log.info("state database: applying migration %s", name)
+        conn.executescript(f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version={number};\nCOMMIT;")
+        current = number
+    return current
+
+
+class StateDB:
+    """The gateway's SQLite state: a writer thread with group commit and a reader thread.
+
+    Synchronous callers (the CLI, unit tests) use `transaction()` before `start()` or after `close()`;
+    the running daemon uses `await write(job)` and `await read(job)`.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = connect(path)
+        self.schema_version = migrate(self.conn)
+        self._reader: sqlite3.Connection | None = None
+        self._read_pool: ThreadPoolExecutor | None = None
+        self._jobs: queue.SimpleQueue[tuple[WriteJob, asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.on_commit: list[Callable[[], None]] = []
+        self.commits = 0
+
+    # -- synchronous use -------------------------------------------------------------------
+
+    def transaction(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `job` in one transaction on the calling thread (only while the writer is stopped)."""
+        if self._writer is not None:
+            raise RuntimeError("the writer thread owns the connection; use `await write()`")
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = job(self.conn)
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+        return result
+
+    # -- asynchronous use ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the writer and reader threads, bound to the running event loop."""
+        self._loop = asyncio.get_running_loop()
+        self._reader = connect(self.path, readonly=True)
+        self._read_pool = ThreadPoolExecutor(1, thread_name_prefix="db-reader")
+        self._writer = threading.Thread(target=self._write_loop, name="db-writer", daemon=True)
+        self._writer.start()
+
+    async def write(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `job` inside the next group commit; return its result once it is committed."""
+        if self._loop is None or self._writer is None:
+            raise RuntimeError("StateDB.start() was not called")
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._jobs.put((job, future))
+        return await future
+
+    async def read(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read-only `job` on the reader connection (it sees committed data only)."""
+        if self._reader is None or self._read_pool is None or self._loop is None:
+            raise RuntimeError("StateDB.start() was not called")
+        reader = self._reader
+        return await self._loop.run_in_executor(self._read_pool, job, reader)
+
+    async def close(self) -> None:
+        """Finish every queued write, then stop the threads and close the connections."""
+        if self._writer is not None:
+            self._jobs.put(None)
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
+        if self._read_pool is not None:
+            self._read_pool.shutdown(wait=True)
+            self._read_pool = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        self.close_sync()
+
+    def close_sync(self) -> None:
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            log.warning("state database: checkpoint at close failed", exc_info=True)
+        self.conn.close()
+
+    # -- the writer thread -----------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._jobs.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < _MAX_BATCH:
+                try:
+                    item = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: list[tuple[WriteJob, asyncio.Future[Any]]]) -> None:
+        conn = self.conn
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job, _ in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    outcomes.append((True, job(conn)))
+                    conn.execute("RELEASE job")
+                except Exception as exc:  # a failing job rolls back alone
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    outcomes.append((False, exc))
+            conn.execute("COMMIT")
+            self.commits += 1
+        except sqlite3.Error as exc:
+            log.error("state database: commit failed: %s", exc)
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            outcomes = [(False, exc)] * len(batch)
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._resolve, batch, outcomes)
+
+    def _resolve(self, batch: list[tuple[WriteJob, asyncio.Future[Any]]], outcomes: list[tuple[bool, Any]]) -> None:
+        for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+            if future.done():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+        for callback in self.on_commit:
+            callback()
+
+
+def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )

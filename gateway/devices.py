@@ -1,0 +1,40 @@
+"""Device status: one row per device, and a `device` event only when the status changes."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from typing import Literal
+
+from gateway import outbox
+from gateway.timeutil import epoch_ms, utc_now
+
+log = logging.getLogger(__name__)
+
+DeviceStatus = Literal["online", "offline", "error"]
+
+
+def report(
+    conn: sqlite3.Connection,
+    device: str,
+    kind: str,
+    status: DeviceStatus,
+    detail: str | None = None,
+) -> bool:
+    """Record a device's status; emit a `device` event and log once if it changed. True if it changed."""
+    row = conn.execute("SELECT status, detail FROM devices WHERE id = ?", (device,)).fetchone()
+    if row is not None and row[0] == status and row[1] == detail:
+        return False
+    conn.execute(
+        "INSERT INTO devices (id, kind, status, detail, since_ms) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, status = excluded.status, "
+        "detail = excluded.detail, since_ms = excluded.since_ms",
+        (device, kind, status, detail, epoch_ms(utc_now())),
+    )
+    data: dict[str, str] = {"device": device, "kind": kind, "status": status}
+    if detail:
+        data["detail"] = detail
+    outbox.append(conn, "device", data)
+    level = logging.INFO if status == "online" else logging.WARNING
+    log.log(level, "%s %s is %s%s", kind, device, status, f" ({detail})" if detail else "")
+    return True

@@ -1,0 +1,307 @@
+"""`store-gateway hq`: the head-office side, for operations by hand and as a peer in tests.
+
+push-prices  split a price CSV into `price.set` commands, send them, wait for every answer
+command      send one command and print its `command_result`
+watch        print every event of a store as one JSON line
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import ssl
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import aiomqtt
+from pydantic import ValidationError
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from gateway.commands import field_errors
+from gateway.config import BrokerAddress, check_broker_url
+from gateway.pricing import PriceItem
+from gateway.timeutil import rfc3339, utc_now
+
+CSV_REQUIRED = ("sku", "price", "currency")
+CSV_OPTIONAL = ("gtin", "name", "promo_price", "promo_until", "valid_from", "version", "net_quantity", "net_unit")
+
+
+class HqError(Exception):
+    """A problem the operator must fix; `code` is the exit code (2 bad usage or input, 1 runtime)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class BrokerOptions:
+    url: str
+    prefix: str = "retail"
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None
+
+    def client(self) -> aiomqtt.Client:
+        try:
+            check_broker_url(self.url)
+        except ValueError as exc:
+            raise HqError(f"--broker: {exc}", 2) from None
+        broker = BrokerAddress.parse(self.url)
+        context = None
+        if broker.tls:
+            context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+            if self.cert_file and self.key_file:
+                context.load_cert_chain(str(self.cert_file), str(self.key_file))
+        password = self.password_file.read_text().strip() if self.password_file else None
+        client = aiomqtt.Client(
+            broker.host,
+            broker.port,
+            identifier=f"hq-{uuid.uuid4().hex[:12]}",
+            username=self.username,
+            password=password,
+            tls_context=context,
+            max_inflight_messages=100,
+            timeout=30,
+        )
+        client.pending_calls_threshold = 1000
+        return client
+
+    def store_topic(self, store: str, rest: str) -> str:
+        return f"{self.prefix}/stores/{store}/{rest}"
+
+
+def envelope(name: str, data: dict[str, Any], command_id: str | None = None) -> dict[str, Any]:
+    return {"id": command_id or uuid.uuid4().hex, "type": name, "sent_at": rfc3339(utc_now()), "data": data}
+
+
+# -- price files -----------------------------------------------------------------------------
+
+
+def read_price_csv(path: Path, version: int) -> list[dict[str, Any]]:
+    """Read and check a price CSV; every bad line is reported (`line N: field: message`), none sent."""
+    try:
+        handle = path.open(newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise HqError(f"{path}: {exc.strerror}", 2) from None
+    with handle:
+        reader = csv.DictReader(handle)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        missing = [c for c in CSV_REQUIRED if c not in columns]
+        unknown = [c for c in columns if c not in CSV_REQUIRED + CSV_OPTIONAL]
+        if missing or unknown:
+            problems = [f"missing column {c}" for c in missing] + [f"unknown column {c}" for c in unknown]
+            raise HqError(
+                f"{path}: " + "; ".join(problems) + f" (columns: {', '.join(CSV_REQUIRED + CSV_OPTIONAL)})", 2
+            )
+        items, problems = [], []
+        for row in reader:
+            item: dict[str, Any] = {k.strip(): v.strip() for k, v in row.items() if k and v is not None and v.strip()}
+            try:
+                item["version"] = int(item["version"]) if "version" in item else version
+            except ValueError:
+                problems.append(f"line {reader.line_num}: version: not a whole number")
+                continue
+            try:
+                PriceItem.model_validate(item)
+            except ValidationError as exc:
+                problems += [f"line {reader.line_num}: {e.field}: {e.message}" for e in field_errors(exc, "")]
+                continue
+            items.append(item)
+    if problems:
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise HqError(f"{path}: {len(problems)} bad lines, nothing sent:\n" + "\n".join(shown), 2)
+    if not items:
+        raise HqError(f"{path}: no price lines", 2)
+    return items
+
+
+def chunks(items: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclass
+class PushSummary:
+    commands: int = 0
+    answered: int = 0
+    applied: int = 0
+    skipped: int = 0
+    scheduled: int = 0
+    duplicate: int = 0
+    rejected: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+async def push_prices(
+    broker: BrokerOptions,
+    store: str,
+    path: Path,
+    *,
+    chunk_size: int = 1000,
+    timeout_s: float = 120.0,
+    out: TextIO = sys.stdout,
+    progress: bool = True,
+) -> PushSummary:
+    """Send a price file as `price.set` commands and wait for every `command_result`."""
+    items = read_price_csv(path, version=int(time.time() * 1000))
+    commands = [envelope("price.set", {"items": chunk}) for chunk in chunks(items, chunk_size)]
+    pending = {c["id"]: len(c["data"]["items"]) for c in commands}
+    summary = PushSummary(commands=len(commands))
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not progress,
+        transient=False,
+    ) as bar:
+        sent_bar = bar.add_task("sent    ", total=len(items))
+        done_bar = bar.add_task("answered", total=len(items))
+        async with broker.client() as client:
+            await client.subscribe(broker.store_topic(store, "events/command_result"), qos=1)
+            topic = broker.store_topic(store, "commands/price.set")
+            for command in commands:
+                await client.publish(topic, json.dumps(command).encode(), qos=1)
+                bar.advance(sent_bar, len(command["data"]["items"]))
+            try:
+                async with asyncio.timeout(timeout_s):
+                    async for message in client.messages:
+                        result = json.loads(bytes(message.payload)).get("data", {})
+                        count = pending.pop(result.get("command_id"), None)
+                        if count is None:
+                            continue
+                        _tally(summary, result)
+                        bar.advance(done_bar, count)
+                        if not pending:
+                            break
+            except TimeoutError:
+                pass
+    if pending:
+        print(
+            f"{len(pending)} of {len(commands)} commands not answered within {timeout_s:g} s: the broker holds them "
+            "and the gateway applies them when it is back online.",
+            file=out,
+        )
+    print(
+        f"{len(items)} prices in {len(commands)} commands: applied {summary.applied} "
+        f"(scheduled {summary.scheduled}), skipped {summary.skipped} as stale, "
+        f"rejected commands {summary.rejected}, duplicates {summary.duplicate}",
+        file=out,
+    )
+    for line in summary.errors[:20]:
+        print(f"  {line}", file=out)
+    return summary
+
+
+def _tally(summary: PushSummary, result: dict[str, Any]) -> None:
+    summary.answered += 1
+    status = result.get("status")
+    if status == "rejected":
+        summary.rejected += 1
+        for error in result.get("errors", []):
+            summary.errors.append(f"{result.get('command_id')}: {error.get('field')}: {error.get('message')}")
+    elif status == "duplicate":
+        summary.duplicate += 1
+    summary.applied += int(result.get("applied", 0))
+    summary.skipped += int(result.get("skipped", 0))
+    summary.scheduled += int(result.get("scheduled", 0))
+
+
+# -- one command -----------------------------------------------------------------------------
+
+
+async def send_command(
+    broker: BrokerOptions,
+    name: str,
+    data_text: str,
+    *,
+    store: str | None,
+    group: str | None,
+    command_id: str | None = None,
+    timeout_s: float = 30.0,
+    wait: bool = True,
+    out: TextIO = sys.stdout,
+) -> dict[str, Any] | None:
+    """Send one command; for a store, wait for and print its `command_result`."""
+    try:
+        data = json.loads(data_text)
+    except json.JSONDecodeError as exc:
+        raise HqError(f"JSON: not valid JSON: {exc}", 2) from None
+    if not isinstance(data, dict):
+        raise HqError("JSON: the command's data must be a JSON object", 2)
+    command = envelope(name, data, command_id)
+    if group is not None:
+        topic = f"{broker.prefix}/groups/{group}/commands/{name}"
+    elif store is not None:
+        topic = broker.store_topic(store, f"commands/{name}")
+    else:
+        raise HqError("give --store ID or --group NAME", 2)
+    async with broker.client() as client:
+        if store is not None and wait:
+            await client.subscribe(broker.store_topic(store, "events/command_result"), qos=1)
+        await client.publish(topic, json.dumps(command).encode(), qos=1)
+        if store is None or not wait:
+            print(json.dumps({"sent": command["id"], "topic": topic}), file=out)
+            return None
+        try:
+            async with asyncio.timeout(timeout_s):
+                async for message in client.messages:
+                    event = json.loads(bytes(message.payload))
+                    if event.get("data", {}).get("command_id") == command["id"]:
+                        print(json.dumps(event["data"], ensure_ascii=False), file=out)
+                        return dict(event["data"])
+        except TimeoutError:
+            raise HqError(
+                f"no command_result for {command['id']} within {timeout_s:g} s; the broker keeps the command "
+                "for the gateway's session",
+                1,
+            ) from None
+    return None
+
+
+# -- watch -----------------------------------------------------------------------------------
+
+
+async def watch(
+    broker: BrokerOptions,
+    store: str,
+    *,
+    kinds: list[str] | None = None,
+    count: int | None = None,
+    timeout_s: float | None = None,
+    out: TextIO = sys.stdout,
+) -> int:
+    """Print every event of `store` (or of every store with `*`) as one JSON line; return how many."""
+    store_filter = "+" if store == "*" else store
+    seen = 0
+    async with broker.client() as client:
+        if kinds:
+            for kind in kinds:
+                await client.subscribe(broker.store_topic(store_filter, f"events/{kind}"), qos=1)
+        else:
+            await client.subscribe(broker.store_topic(store_filter, "events/#"), qos=1)
+        print(json.dumps({"watching": broker.store_topic(store_filter, "events/#")}), file=sys.stderr, flush=True)
+        try:
+            async with asyncio.timeout(timeout_s):
+                async for message in client.messages:
+                    payload = bytes(message.payload)
+                    try:
+                        line = json.dumps(json.loads(payload), ensure_ascii=False, separators=(",", ":"))
+                    except (UnicodeDecodeError, json.JSONDecodeError):
+                        line = json.dumps({"topic": str(message.topic), "raw": payload.decode("utf-8", "replace")})
+                    print(line, file=out, flush=True)
+                    seen += 1
+                    if count is not None and seen >= count:
+                        break
+        except TimeoutError:
+            pass
+    return seen

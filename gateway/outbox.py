@@ -1,0 +1,87 @@
+"""The outbox: every event is a row before it counts as created, and leaves only after PUBACK.
+
+`seq` is the row id (AUTOINCREMENT), so it rises by one for every committed event, across
+restarts, and a rolled-back event leaves no gap. The envelope is assembled from the stored
+columns when the event is published, byte for byte the same on every retry.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from gateway.timeutil import epoch_ms, rfc3339, utc_now
+
+EVENT_KINDS = ("command_result", "scan", "stock", "shelf", "label", "print", "device", "order", "replenishment")
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """One stored event, ready to publish."""
+
+    seq: int
+    id: str
+    kind: str
+    at: str
+    data: str
+    created_ms: int
+
+    def envelope(self, store_id: str) -> bytes:
+        """The event envelope of contract.md §3, as published."""
+        return (
+            f'{{"id":"{self.id}","store":{json.dumps(store_id)},"type":"{self.kind}",'
+            f'"seq":{self.seq},"at":"{self.at}","data":{self.data}}}'
+        ).encode()
+
+
+def dumps(data: Mapping[str, Any]) -> str:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def append(conn: sqlite3.Connection, kind: str, data: Mapping[str, Any], at: datetime | None = None) -> int:
+    """Write one event in the caller's transaction; return its seq."""
+    moment = at or utc_now()
+    cursor = conn.execute(
+        "INSERT INTO outbox (id, kind, at, data, created_ms) VALUES (?, ?, ?, ?, ?)",
+        (uuid.uuid4().hex, kind, rfc3339(moment), dumps(data), epoch_ms(moment)),
+    )
+    return int(cursor.lastrowid or 0)
+
+
+def append_many(conn: sqlite3.Connection, kind: str, items: Iterable[Mapping[str, Any]]) -> int:
+    """Write many events of one kind in the caller's transaction; return how many."""
+    moment = utc_now()
+    at, ms = rfc3339(moment), epoch_ms(moment)
+    rows = [(uuid.uuid4().hex, kind, at, dumps(data), ms) for data in items]
+    conn.executemany("INSERT INTO outbox (id, kind, at, data, created_ms) VALUES (?, ?, ?, ?, ?)", rows)
+    return len(rows)
+
+
+def pending(conn: sqlite3.Connection, after_seq: int, limit: int) -> list[OutboxEvent]:
+    """Events not yet acknowledged, in seq order, after `after_seq`."""
+    rows = conn.execute(
+        "SELECT seq, id, kind, at, data, created_ms FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+        (after_seq, limit),
+    ).fetchall()
+    return [OutboxEvent(*row) for row in rows]
+
+
+def delete(conn: sqlite3.Connection, seqs: Iterable[int]) -> None:
+    """Forget events the broker acknowledged."""
+    conn.executemany("DELETE FROM outbox WHERE seq = ?", ((s,) for s in seqs))
+
+
+def depth(conn: sqlite3.Connection) -> tuple[int, int | None]:
+    """(number of events waiting, created_ms of the oldest or None)."""
+    row = conn.execute("SELECT count(*), min(created_ms) FROM outbox").fetchone()
+    return int(row[0]), (None if row[1] is None else int(row[1]))
+
+
+def last_seq(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+    return 0 if row is None else int(row[0])

@@ -1,0 +1,315 @@
+"""The MQTT link to head office: retained state with a last will, commands in, the outbox out.
+
+One aiomqtt client per connection attempt (a fresh object, so no message left queued inside paho
+by a dead connection is sent a second time behind our back). The broker keeps our session
+(clean session off, fixed client id), so commands sent while the store was offline arrive when it
+returns. Commands are acknowledged (PUBACK) only after their effects are committed.
+
+The outbox publisher keeps a window of QoS 1 publishes in flight, in seq order, and deletes a row
+only when its PUBACK arrived. After a reconnect it starts again from the oldest row not deleted:
+an event whose PUBACK was lost with the connection is sent again with the same id
+(at-least-once; head office drops duplicates by id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import random
+import sqlite3
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway import outbox
+from gateway.commands import CommandResult
+from gateway.config import Config
+from gateway.db import StateDB, set_meta
+from gateway.timeutil import rfc3339, utc_now
+
+log = logging.getLogger(__name__)
+
+CommandHandler = Callable[[bytes, str], Awaitable[CommandResult]]
+
+_BACKOFF_START_S = 0.5
+_BACKOFF_CAP_S = 30.0
+_SESSION_EXPIRY_S = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The topic names of contract.md §3 for one store."""
+
+    prefix: str
+    store: str
+    groups: tuple[str, ...]
+
+    @property
+    def state(self) -> str:
+        return f"{self.prefix}/stores/{self.store}/gateway/state"
+
+    def event(self, kind: str) -> str:
+        return f"{self.prefix}/stores/{self.store}/events/{kind}"
+
+    @property
+    def command_filters(self) -> list[str]:
+        own = f"{self.prefix}/stores/{self.store}/commands/#"
+        return [own] + [f"{self.prefix}/groups/{group}/commands/#" for group in self.groups]
+
+    @staticmethod
+    def command_name(topic: str) -> str:
+        return topic.rsplit("/commands/", 1)[-1]
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """The TLS context for an mqtts:// uplink: server CA, and the client certificate for mTLS."""
+    uplink = config.uplink
+    if not uplink.broker.tls:
+        return None
+    context = ssl.create_default_context(cafile=str(uplink.ca_file) if uplink.ca_file else None)
+    if uplink.cert_file and uplink.key_file:
+        context.load_cert_chain(str(uplink.cert_file), str(uplink.key_file))
+    return context
+
+
+def _pending(conn: sqlite3.Connection, *, after: int, room: int) -> list[outbox.OutboxEvent]:
+    return outbox.pending(conn, after, room)
+
+
+class Uplink:
+    """Owns the connection to head office for the life of the daemon."""
+
+    def __init__(
+        self,
+        config: Config,
+        db: StateDB,
+        on_command: CommandHandler,
+        *,
+        version: str,
+        started_at: str,
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.on_command = on_command
+        self.topics = Topics(config.uplink.topic_prefix, config.store.id, tuple(config.store.groups))
+        self.window = config.uplink.inflight
+        self.state = "connecting"
+        self.connected = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._state_doc = {"version": version, "started_at": started_at}
+        self._deletes: set[asyncio.Task[None]] = set()
+        self._acked: set[int] = set()
+        self.published = 0
+        db.on_commit.append(self._wake.set)
+
+    def _state_payload(self, state: str) -> bytes:
+        return json.dumps({"state": state, **self._state_doc}).encode()
+
+    def _client(self) -> aiomqtt.Client:
+        uplink = self.config.uplink
+        broker = uplink.broker
+        v5 = uplink.protocol == "5"
+        connect_properties = None
+        if v5:
+            connect_properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            connect_properties.SessionExpiryInterval = _SESSION_EXPIRY_S
+        client = aiomqtt.Client(
+            broker.host,
+            broker.port,
+            identifier=self.config.client_id,
+            username=uplink.username,
+            password=uplink.password(),
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            clean_session=None if v5 else False,
+            clean_start=False if v5 else MQTT_CLEAN_START_FIRST_ONLY,  # clean_start is ignored on 3.1.1
+            properties=connect_properties,
+            will=aiomqtt.Will(self.topics.state, self._state_payload("offline"), qos=1, retain=True),
+            keepalive=uplink.keepalive_s,
+            timeout=10,
+            tls_context=tls_context(self.config),
+            max_inflight_messages=self.window,
+        )
+        client.pending_calls_threshold = self.window * 4
+        # PUBACK a command only once its effects are committed (paho's manual ack).
+        client._client.manual_ack_set(True)
+        return client
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect with capped jittered backoff; return after `stop()`."""
+        backoff = _BACKOFF_START_S
+        failures = 0
+        while not self._stopping.is_set():
+            client = self._client()
+            try:
+                async with client:
+                    if failures:
+                        log.info("uplink: connected again after %d failed attempts", failures)
+                    else:
+                        log.info("uplink: connected to %s", self.config.uplink.url)
+                    failures, backoff = 0, _BACKOFF_START_S
+                    await self._serve(client)
+            except* aiomqtt.MqttError as group:
+                error = group.exceptions[0]
+                self._set_state("offline")
+                failures += 1
+                if failures == 1:
+                    log.warning("uplink: %s; retrying with backoff, events wait in the outbox", error)
+                else:
+                    log.debug("uplink: attempt %d failed: %s", failures, error)
+            if self._stopping.is_set():
+                break
+            delay = random.uniform(backoff / 2, backoff)
+            backoff = min(backoff * 2, _BACKOFF_CAP_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+        self._set_state("offline")
+
+    async def stop(self) -> None:
+        """Ask the link to finish: stop taking commands, flush what is in flight, say offline."""
+        self._stopping.set()
+        self._wake.set()
+
+    def _set_state(self, state: str) -> None:
+        if state == self.state:
+            return
+        self.state = state
+        if state == "online":
+            self.connected.set()
+        else:
+            self.connected.clear()
+        moment = rfc3339(utc_now())
+
+        def record(conn: Any) -> None:
+            set_meta(conn, "uplink.state", state)
+            set_meta(conn, f"uplink.{'connected' if state == 'online' else 'disconnected'}_at", moment)
+
+        task = asyncio.get_running_loop().create_task(self.db.write(record), name="uplink-state")
+        self._deletes.add(task)
+        task.add_done_callback(self._deletes.discard)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        await client.publish(self.topics.state, self._state_payload("online"), qos=1, retain=True)
+        for topic_filter in self.topics.command_filters:
+            await client.subscribe(topic_filter, qos=1)
+        self._set_state("online")
+        async with asyncio.TaskGroup() as group:
+            receiver = group.create_task(self._receive(client), name="uplink-commands")
+            group.create_task(self._publish_outbox(client), name="uplink-outbox")
+            await self._stopping.wait()
+            receiver.cancel()
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.publish(self.topics.state, self._state_payload("offline"), qos=1, retain=True, timeout=2)
+        log.info("uplink: offline state published, disconnecting")
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            topic = str(message.topic)
+            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            try:
+                result = await self.on_command(payload, Topics.command_name(topic))
+            except Exception:
+                # Not acknowledged: the broker will offer it again on the next connection.
+                log.exception("uplink: command on %s could not be recorded", topic)
+                continue
+            client._client.ack(message.mid, message.qos)
+            await self._respond(client, message, result)
+
+    async def _respond(self, client: aiomqtt.Client, message: aiomqtt.Message, result: CommandResult) -> None:
+        """MQTT 5 request/response: echo the result to the command's response topic, if it has one."""
+        props = message.properties
+        response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
+        if not response_topic:
+            return
+        reply = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        correlation = getattr(props, "CorrelationData", None)
+        if correlation is not None:
+            reply.CorrelationData = correlation
+        body = outbox.dumps(result.as_json()).encode()
+        try:
+            await client.publish(response_topic, body, qos=1, properties=reply)
+        except aiomqtt.MqttError as exc:
+            log.warning("uplink: reply to %s not sent: %s", response_topic, exc)
+
+    async def _publish_outbox(self, client: aiomqtt.Client) -> None:
+        if self._deletes:
+            await asyncio.gather(*list(self._deletes), return_exceptions=True)
+        cursor = 0
+        in_flight: dict[asyncio.Task[Any], int] = {}
+        acked: list[int] = []
+        while True:
+            stopping = self._stopping.is_set()
+            if not stopping and len(in_flight) < self.window:
+                self._wake.clear()
+                batch = await self.db.read(functools.partial(_pending, after=cursor, room=self.window - len(in_flight)))
+                for event in batch:
+                    cursor = event.seq
+                    if event.seq in self._acked:
+                        continue
+                    task = asyncio.ensure_future(
+                        client.publish(self.topics.event(event.kind), event.envelope(self.topics.store), qos=1)
+                    )
+                    in_flight[task] = event.seq
+            if stopping and not in_flight:
+                break
+            waiters: set[asyncio.Future[Any]] = set(in_flight)
+            wake: asyncio.Future[Any] | None = None
+            if not stopping and len(in_flight) < self.window:
+                wake = asyncio.ensure_future(self._wake.wait())
+                waiters.add(wake)
+            if not waiters:
+                continue
+            try:
+                done, _ = await asyncio.wait(
+                    waiters, return_when=asyncio.FIRST_COMPLETED, timeout=5 if stopping else None
+                )
+            finally:
+                if wake is not None:
+                    wake.cancel()
+            if stopping and not done:
+                log.warning(
+                    "uplink: %d events still unacknowledged at shutdown; they stay in the outbox", len(in_flight)
+                )
+                break
+            for finished in done:
+                if finished is wake:
+                    continue
+                seq = in_flight.pop(finished)  # type: ignore[call-overload]
+                finished.result()  # an MqttError ends this connection; the row stays in the outbox
+                acked.append(seq)
+            if acked:
+                self._forget(acked)
+                self.published += len(acked)
+                acked = []
+
+    def _forget(self, seqs: list[int]) -> None:
+        """Delete acknowledged rows (group-committed in the background, never awaited on the hot path)."""
+        batch = list(seqs)
+        self._acked.update(batch)
+
+        def job(conn: Any) -> None:
+            outbox.delete(conn, batch)
+
+        task = asyncio.get_running_loop().create_task(self.db.write(job), name="outbox-delete")
+        self._deletes.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._deletes.discard(finished)
+            if not finished.cancelled() and finished.exception() is None:
+                self._acked.difference_update(batch)
+
+        task.add_done_callback(done)
+
+    async def flush(self) -> None:
+        """Wait for background state and delete writes (shutdown)."""
+        if self._deletes:
+            await asyncio.gather(*list(self._deletes), return_exceptions=True)

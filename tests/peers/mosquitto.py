@@ -1,0 +1,186 @@
+"""A real mosquitto broker for tests: started on a free 127.0.0.1 port from a generated config.
+
+It can be stopped, killed and restarted on the same port (outage tests), and comes in three
+flavours: plain, TLS with client certificates (mTLS, certificates made with trustme), and with a
+password file and an ACL.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trustme
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"mosquitto did not listen on 127.0.0.1:{port} within {timeout}s")
+
+
+@dataclass
+class TlsFiles:
+    """Paths of the PEM files a TLS broker and its clients use."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+@dataclass
+class MosquittoBroker:
+    """One mosquitto process with its own config, data directory and log."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    tls: TlsFiles | None = None
+    users: dict[str, str] | None = None
+    acl: str | None = None
+    process: subprocess.Popen[bytes] | None = None
+
+    host = "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        scheme = "mqtts" if self.tls else "mqtt"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def log(self) -> str:
+        path = self.workdir / "mosquitto.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def _write_config(self) -> Path:
+        data = self.workdir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "persistence true",
+            f"persistence_location {data}/",
+            "autosave_interval 1",
+            "set_tcp_nodelay true",
+            "max_queued_messages 300000",
+            "max_inflight_messages 100",
+            f"log_dest file {self.workdir / 'mosquitto.log'}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "connection_messages true",
+        ]
+        if os.geteuid() == 0:
+            lines.append("user root")
+        if self.tls:
+            lines += [
+                f"cafile {self.tls.ca}",
+                f"certfile {self.tls.server_cert}",
+                f"keyfile {self.tls.server_key}",
+                "require_certificate true",
+                "use_identity_as_username false",
+            ]
+        if self.users is not None:
+            pwfile = self.workdir / "passwd"
+            pwfile.write_text("")
+            for user, password in self.users.items():
+                subprocess.run(
+                    ["mosquitto_passwd", "-b", str(pwfile), user, password],
+                    check=True,
+                    capture_output=True,
+                )
+            lines += ["allow_anonymous false", f"password_file {pwfile}"]
+        else:
+            lines.append("allow_anonymous true")
+        if self.acl is not None:
+            aclfile = self.workdir / "acl"
+            aclfile.write_text(self.acl)
+            lines.append(f"acl_file {aclfile}")
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        for path in self.workdir.iterdir():
+            path.chmod(0o700 if path.is_dir() else 0o600)
+        return conf
+
+    def start(self) -> MosquittoBroker:
+        """Start (or start again) on the same port and wait until it listens."""
+        if self.process and self.process.poll() is None:
+            return self
+        conf = self._write_config()
+        self.process = subprocess.Popen(
+            ["mosquitto", "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            _wait_for_port(self.port)
+        except RuntimeError:
+            self.process.kill()
+            _, err = self.process.communicate()
+            raise RuntimeError(f"mosquitto failed: {err.decode(errors='replace')}\n{self.log}") from None
+        return self
+
+    def stop(self) -> None:
+        """Graceful stop (SIGTERM): mosquitto saves its persistence file."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        """Hard stop (SIGKILL), as a crash or power cut of the broker."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    client = ca.issue_cert("store-gateway-test-client")
+    files = TlsFiles(
+        ca=directory / "ca.pem",
+        server_cert=directory / "server.pem",
+        server_key=directory / "server.key",
+        client_cert=directory / "client.pem",
+        client_key=directory / "client.key",
+    )
+    ca.cert_pem.write_to_path(str(files.ca))
+    server.cert_chain_pems[0].write_to_path(str(files.server_cert))
+    server.private_key_pem.write_to_path(str(files.server_key))
+    client.cert_chain_pems[0].write_to_path(str(files.client_cert))
+    client.private_key_pem.write_to_path(str(files.client_key))
+    return files
+
+
+def require_mosquitto() -> None:
+    if shutil.which("mosquitto") is None:
+        raise RuntimeError("mosquitto is not installed: apt-get install -y mosquitto (see .ci/run)")
