@@ -48,7 +48,7 @@ def _optional_services() -> list[Callable[[Gateway], Service]]:
         try:
             module = __import__(module_name, fromlist=[class_name])
         except ModuleNotFoundError as exc:
-            if exc.name != module_name:
+            if exc.name is None or not module_name.startswith(exc.name):
                 raise
             continue
         service = getattr(module, class_name, None)

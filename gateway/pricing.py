@@ -59,6 +59,13 @@ class PriceItem(CommandModel):
     net_unit: Literal["kg", "l", "m", "m2", "piece"] | None = None
     version: Annotated[int, Field(ge=0)]
 
+    @field_validator("price", "promo_price", mode="before")
+    @classmethod
+    def _decimal_string(cls, value: object) -> object:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            raise ValueError(f'must be a decimal string such as "{value}", not a JSON number')
+        return value
+
     @field_validator("currency")
     @classmethod
     def _currency(cls, value: str) -> str:
