@@ -1,0 +1,251 @@
+"""The daemon against a real mosquitto: commands, state and will, outages, crashes, TLS, ACL, MQTT 5."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import ssl
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiomqtt
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway import outbox
+from gateway.bus import Bus
+from gateway.commands import Dispatcher
+from gateway.config import load_config
+from gateway.db import StateDB
+from gateway.pricing import PricingService
+from gateway.service import Gateway
+from gateway.stock import StockService
+from gateway.supervisor import Supervisor
+from gateway.timeutil import rfc3339
+from gateway.uplink import Uplink
+from tests.peers.hq import GatewayProcess, head_office, running_gateway, write_config
+from tests.peers.mosquitto import MosquittoBroker
+
+
+def read_db(path: Path, sql: str, *args: object) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return [tuple(r) for r in conn.execute(sql, args)]
+    finally:
+        conn.close()
+
+
+async def test_price_set_round_trip_and_retained_state(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    config_path = write_config(tmp_path, mosquitto, store="rt01")
+    async with head_office(mosquitto, "rt01") as hq:
+        async with running_gateway(config_path):
+            await hq.wait_for(lambda s: s.get("state") == "online")
+            result = await hq.command(
+                "price.set", {"items": [{"sku": "A1", "price": "12.99", "currency": "EUR", "version": 1}]}
+            )
+            assert (result["status"], result["applied"], result["skipped"]) == ("applied", 1, 0)
+            stale = await hq.command(
+                "price.set", {"items": [{"sku": "A1", "price": "11.00", "currency": "EUR", "version": 1}]}
+            )
+            assert (stale["applied"], stale["skipped"]) == (0, 1)
+        await hq.wait_for(lambda s: s.get("state") == "offline")
+    seqs = [e["seq"] for e in hq.events]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    assert all(e["store"] == "rt01" and e["id"] for e in hq.events)
+    assert read_db(tmp_path / "state.db", "SELECT price_minor, version FROM products WHERE sku='A1'") == [(1299, 1)]
+
+
+async def test_group_commands_and_commands_sent_while_offline(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    config_path = write_config(tmp_path, mosquitto, store="rt02", groups=("rhone",))
+    async with head_office(mosquitto, "rt02") as hq:
+        async with running_gateway(config_path):
+            await hq.wait_for(lambda s: s.get("state") == "online")
+            group_id = "group-cmd-1"
+            body = {"id": group_id, "type": "stock.adjust", "data": {"sku": "B1", "delta": 4, "reason": "receive"}}
+            await hq.send_raw("retail/groups/rhone/commands/stock.adjust", json.dumps(body).encode())
+            assert (await hq.result(group_id))["status"] == "applied"
+        # gateway stopped: its persistent session keeps what head office sends now
+        offline_id = await hq.send("stock.adjust", {"sku": "B1", "delta": 1, "reason": "receive"})
+        await asyncio.sleep(0.3)
+        async with running_gateway(config_path):
+            assert (await hq.result(offline_id))["status"] == "applied"
+    assert read_db(tmp_path / "state.db", "SELECT on_hand FROM stock WHERE sku='B1'") == [(5,)]
+
+
+async def test_malformed_commands_never_stop_the_daemon(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    config_path = write_config(tmp_path, mosquitto, store="rt03")
+    async with head_office(mosquitto, "rt03") as hq, running_gateway(config_path):
+        await hq.wait_for(lambda s: s.get("state") == "online")
+        await hq.send_raw("retail/stores/rt03/commands/price.set", b"\x00\xff garbage")
+        await hq.send_raw("retail/stores/rt03/commands/price.set", b'{"id": "x1", "type": "price.set", "data": []}')
+        await hq.send_raw("retail/stores/rt03/commands/price.set", b"x" * (2 * 1024 * 1024))
+        rejected = await hq.count(lambda e: e["type"] == "command_result" and e["data"]["status"] == "rejected", 3)
+        assert {e["data"]["errors"][0]["field"] for e in rejected} == {"(command)", "data"}
+        ok = await hq.command("price.set", {"items": [{"sku": "A1", "price": "1.00", "currency": "EUR", "version": 1}]})
+        assert ok["status"] == "applied"
+
+
+async def test_scheduled_price_applies_at_its_instant(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    config_path = write_config(tmp_path, mosquitto, store="rt04")
+    at = datetime.now(UTC) + timedelta(seconds=1.5)
+    async with head_office(mosquitto, "rt04") as hq, running_gateway(config_path):
+        await hq.wait_for(lambda s: s.get("state") == "online")
+        items = [
+            {"sku": "S1", "price": "2.00", "currency": "EUR", "version": 1},
+            {"sku": "S1", "price": "1.50", "currency": "EUR", "version": 2, "valid_from": rfc3339(at)},
+        ]
+        result = await hq.command("price.set", {"items": items})
+        assert result["scheduled"] == 1
+        assert read_db(tmp_path / "state.db", "SELECT price_minor FROM products WHERE sku='S1'") == [(200,)]
+        for _ in range(60):
+            if read_db(tmp_path / "state.db", "SELECT price_minor FROM products WHERE sku='S1'") == [(150,)]:
+                break
+            await asyncio.sleep(0.1)
+        assert read_db(tmp_path / "state.db", "SELECT price_minor FROM products WHERE sku='S1'") == [(150,)]
+        assert datetime.now(UTC) >= at
+
+
+async def make_uplink(config_path: Path) -> tuple[StateDB, Uplink, asyncio.Task[None]]:
+    """The real uplink and outbox, without the rest of the daemon, so a test can create events itself."""
+    config = load_config(config_path)
+    db = StateDB(config.state.path)
+    await db.start()
+    gateway = Gateway(config, db, Bus(), Dispatcher(), Supervisor(db))
+    for service in (PricingService(gateway), StockService(gateway)):
+        service.setup()
+    uplink = Uplink(config, db, gateway.apply_command, version="test", started_at=rfc3339(datetime.now(UTC)))
+    return db, uplink, asyncio.create_task(uplink.run())
+
+
+async def stop_uplink(db: StateDB, uplink: Uplink, task: asyncio.Task[None]) -> None:
+    await uplink.stop()
+    await asyncio.wait_for(task, 10)
+    await uplink.flush()
+    await db.close()
+
+
+async def test_events_made_during_a_broker_outage_arrive_in_order(
+    own_mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    config_path = write_config(tmp_path, own_mosquitto, store="out1")
+    db, uplink, task = await make_uplink(config_path)
+    async with head_office(own_mosquitto, "out1", client_id="hq-outage-test") as hq:
+        await asyncio.wait_for(uplink.connected.wait(), 10)
+    own_mosquitto.stop()
+    await asyncio.sleep(0.3)
+    assert uplink.state == "offline"
+    for start in range(0, 2000, 100):
+        await db.write(lambda conn, s=start: [outbox.append(conn, "scan", {"n": s + i}) for i in range(100)])
+    own_mosquitto.start()
+    async with head_office(own_mosquitto, "out1", client_id="hq-outage-test") as hq:
+        events = await hq.count(lambda e: e["type"] == "scan", 2000, timeout=60)
+    await stop_uplink(db, uplink, task)
+    assert [e["data"]["n"] for e in events] == list(range(2000))
+    assert len({e["id"] for e in events}) == 2000
+    seqs = [e["seq"] for e in events]
+    assert seqs == list(range(seqs[0], seqs[0] + 2000))
+    assert read_db(tmp_path / "state.db", "SELECT count(*) FROM outbox") == [(0,)]
+
+
+async def test_sigkill_mid_publish_loses_nothing(own_mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    config_path = write_config(tmp_path, own_mosquitto, store="kill1")
+    total = 20_000
+    db = StateDB(tmp_path / "state.db")
+    db.transaction(lambda conn: outbox.append_many(conn, "scan", ({"n": i} for i in range(total))))
+    db.close_sync()
+    ids = {r[0] for r in read_db(tmp_path / "state.db", "SELECT id FROM outbox")}
+    gateway = GatewayProcess(config_path, tmp_path / "gateway.log")
+    async with head_office(own_mosquitto, "kill1", client_id="hq-kill-test") as hq:
+        gateway.start()
+        await hq.count(lambda e: e["type"] == "scan", 3000, timeout=60)
+        gateway.kill()
+        remaining = read_db(tmp_path / "state.db", "SELECT count(*) FROM outbox")[0][0]
+        assert 0 < remaining < total, "the kill should land mid-publish"
+        gateway.start()
+        try:
+            await hq.count(lambda e: e["type"] == "scan", total, timeout=90)
+            received = [e for e in hq.events if e["type"] == "scan"]
+            unique = {e["id"] for e in received}
+            for _ in range(50):
+                if {e["id"] for e in hq.events if e["type"] == "scan"} >= ids:
+                    break
+                await asyncio.sleep(0.2)
+            unique = {e["id"] for e in hq.events if e["type"] == "scan"}
+        finally:
+            assert gateway.terminate() == 0, gateway.log
+    assert unique == ids, f"lost {len(ids - unique)} events"
+    duplicates = len([e for e in hq.events if e["type"] == "scan"]) - len(unique)
+    assert duplicates <= 200, "only the publishes in flight at the kill may be sent twice"
+    assert read_db(tmp_path / "state.db", "SELECT count(*) FROM outbox") == [(0,)]
+
+
+async def test_mutual_tls(mosquitto_factory: Callable[..., MosquittoBroker], tmp_path: Path) -> None:
+    broker = mosquitto_factory(tls=True)
+    assert broker.tls is not None
+    config_path = write_config(tmp_path / "ok", broker, store="tls1")
+    async with head_office(broker, "tls1") as hq, running_gateway(config_path):
+        await hq.wait_for(lambda s: s.get("state") == "online")
+        assert (await hq.command("stock.adjust", {"sku": "T", "delta": 1, "reason": "receive"}))["status"] == "applied"
+    # without a client certificate the broker refuses the connection
+    no_cert = ssl.create_default_context(cafile=str(broker.tls.ca))
+    with pytest.raises(aiomqtt.MqttError):
+        async with aiomqtt.Client(broker.host, broker.port, tls_context=no_cert, timeout=5):
+            pass
+    text = config_path.read_text()
+    text = "\n".join(line for line in text.splitlines() if not line.startswith(("cert_file", "key_file")))
+    bad = tmp_path / "nocert.toml"
+    bad.write_text(text.replace(str(tmp_path / "ok" / "state.db"), str(tmp_path / "nocert.db")))
+    db, uplink, task = await make_uplink(bad)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(uplink.connected.wait(), 3)
+    assert uplink.state != "online"
+    await stop_uplink(db, uplink, task)
+
+
+async def test_username_password_and_acl(mosquitto_factory: Callable[..., MosquittoBroker], tmp_path: Path) -> None:
+    acl = (
+        "user store-acl1\n"
+        "topic readwrite retail/stores/acl1/#\n"
+        "topic read retail/groups/fr/commands/#\n"
+        "user hq\n"
+        "topic readwrite retail/#\n"
+    )
+    broker = mosquitto_factory(users={"store-acl1": "s3cret", "hq": "hq-pass"}, acl=acl)
+    (tmp_path / "pw").write_text("s3cret\n")
+    config_path = write_config(
+        tmp_path, broker, store="acl1", uplink_extra=f'username = "store-acl1"\npassword_file = "{tmp_path / "pw"}"\n'
+    )
+    async with head_office(broker, "acl1", username="hq", password="hq-pass") as hq, running_gateway(config_path):
+        await hq.wait_for(lambda s: s.get("state") == "online")
+        assert (await hq.command("stock.adjust", {"sku": "Z", "delta": 2, "reason": "receive"}))["status"] == "applied"
+    (tmp_path / "pw").write_text("wrong\n")
+    db, uplink, task = await make_uplink(config_path)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(uplink.connected.wait(), 2)
+    await stop_uplink(db, uplink, task)
+
+
+async def test_mqtt5_response_topic_gets_the_result(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    config_path = write_config(tmp_path, mosquitto, store="v5a", uplink_extra='protocol = "5"\n')
+    async with head_office(mosquitto, "v5a") as hq, running_gateway(config_path):
+        await hq.wait_for(lambda s: s.get("state") == "online")
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
+            await client.subscribe("hq/replies/v5a", qos=1)
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = "hq/replies/v5a"
+            props.CorrelationData = b"corr-77"
+            body = {"id": "v5-cmd-1", "type": "stock.adjust", "data": {"sku": "V", "delta": 1, "reason": "receive"}}
+            await client.publish(
+                "retail/stores/v5a/commands/stock.adjust", json.dumps(body).encode(), qos=1, properties=props
+            )
+            async with asyncio.timeout(10):
+                async for message in client.messages:
+                    reply = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                    assert message.properties is not None
+                    assert message.properties.CorrelationData == b"corr-77"
+                    break
+        assert reply["command_id"] == "v5-cmd-1" and reply["status"] == "applied"
+        assert (await hq.result("v5-cmd-1"))["status"] == "applied"

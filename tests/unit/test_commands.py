@@ -1,0 +1,255 @@
+"""The command path without a broker: validation, the inbox, version order, scheduled prices, stock."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway import outbox
+from gateway.commands import Dispatcher
+from gateway.db import StateDB
+from gateway.pricing import PriceSet, apply_due, get_price, handle_price_set, next_due
+from gateway.stock import StockAdjust, StockSet, get_level, handle_stock_adjust, handle_stock_set
+from gateway.timeutil import rfc3339
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> StateDB:
+    state = StateDB(tmp_path / "state.db")
+    yield state
+    state.close_sync()
+
+
+@pytest.fixture
+def dispatcher() -> Dispatcher:
+    d = Dispatcher(max_bytes=64 * 1024)
+    d.register("price.set", PriceSet, handle_price_set)
+    d.register("stock.set", StockSet, handle_stock_set)
+    d.register("stock.adjust", StockAdjust, handle_stock_adjust)
+    return d
+
+
+def send(db: StateDB, dispatcher: Dispatcher, command: dict[str, Any] | bytes, topic: str | None = None):
+    payload = command if isinstance(command, bytes) else json.dumps(command).encode()
+    name = topic if topic is not None else (command.get("type") if isinstance(command, dict) else None)
+    return db.transaction(lambda conn: dispatcher.handle(conn, payload, name))
+
+
+def price_cmd(cid: str, *items: dict[str, Any]) -> dict[str, Any]:
+    return {"id": cid, "type": "price.set", "sent_at": "2026-11-24T08:00:00+01:00", "data": {"items": list(items)}}
+
+
+def item(sku: str = "A1", price: str = "12.99", version: int = 1, **extra: Any) -> dict[str, Any]:
+    return {"sku": sku, "price": price, "currency": "EUR", "version": version, **extra}
+
+
+def results(db: StateDB) -> list[dict[str, Any]]:
+    rows = db.conn.execute("SELECT data FROM outbox WHERE kind = 'command_result' ORDER BY seq").fetchall()
+    return [json.loads(r[0]) for r in rows]
+
+
+def test_price_set_is_applied_and_answered(db: StateDB, dispatcher: Dispatcher) -> None:
+    result = send(db, dispatcher, price_cmd("c1", item(gtin="3017620422003", name="Pâte à tartiner 750 g")))
+    assert (result.status, result.applied, result.skipped) == ("applied", 1, 0)
+    price = get_price(db.conn, "A1")
+    assert price is not None
+    assert (price.price_minor, price.currency, price.version, price.name) == (1299, "EUR", 1, "Pâte à tartiner 750 g")
+    assert results(db) == [
+        {"command_id": "c1", "status": "applied", "applied": 1, "skipped": 0, "errors": [], "type": "price.set"}
+    ]
+
+
+def test_stale_and_replayed_versions_are_skipped(db: StateDB, dispatcher: Dispatcher) -> None:
+    send(db, dispatcher, price_cmd("c1", item(version=5, price="2.00")))
+    result = send(db, dispatcher, price_cmd("c2", item(version=4, price="1.00"), item(version=5, price="1.50")))
+    assert (result.applied, result.skipped) == (0, 2)
+    assert get_price(db.conn, "A1").price_minor == 200  # type: ignore[union-attr]
+    result = send(db, dispatcher, price_cmd("c3", item(version=6, price="2.10"), item(version=6, price="9.99")))
+    assert (result.applied, result.skipped) == (1, 1)
+    assert get_price(db.conn, "A1").price_minor == 210  # type: ignore[union-attr]
+
+
+def test_duplicate_command_id_changes_nothing(db: StateDB, dispatcher: Dispatcher) -> None:
+    send(db, dispatcher, price_cmd("same", item(version=1, price="1.00")))
+    again = send(db, dispatcher, price_cmd("same", item(version=2, price="9.00")))
+    assert again.status == "duplicate"
+    assert get_price(db.conn, "A1").price_minor == 100  # type: ignore[union-attr]
+    assert [r["status"] for r in results(db)] == ["applied", "duplicate"]
+
+
+def test_future_price_waits_for_its_instant(db: StateDB, dispatcher: Dispatcher) -> None:
+    now = datetime.now(UTC)
+    at = now + timedelta(hours=2)
+    send(db, dispatcher, price_cmd("c1", item(version=1, price="1.00")))
+    result = send(db, dispatcher, price_cmd("c2", item(version=2, price="0.80", valid_from=rfc3339(at))))
+    assert (result.status, result.applied, result.extra) == ("applied", 1, {"scheduled": 1})
+    assert get_price(db.conn, "A1").price_minor == 100  # type: ignore[union-attr]
+    replay = send(db, dispatcher, price_cmd("c3", item(version=2, price="0.80", valid_from=rfc3339(at))))
+    assert replay.skipped == 1
+    assert abs((next_due(db.conn) - at).total_seconds()) < 0.01  # type: ignore[operator]
+    assert db.transaction(lambda conn: apply_due(conn, now + timedelta(hours=1))) == []
+    assert db.transaction(lambda conn: apply_due(conn, at)) == ["A1"]
+    assert get_price(db.conn, "A1").price_minor == 80  # type: ignore[union-attr]
+    assert next_due(db.conn) is None
+
+
+def test_scheduled_price_never_goes_backwards(db: StateDB, dispatcher: Dispatcher) -> None:
+    at = datetime.now(UTC) + timedelta(minutes=5)
+    send(db, dispatcher, price_cmd("c1", item(version=3, price="1.00", valid_from=rfc3339(at))))
+    send(db, dispatcher, price_cmd("c2", item(version=4, price="2.00")))
+    assert db.transaction(lambda conn: apply_due(conn, at)) == []
+    assert get_price(db.conn, "A1").price_minor == 200  # type: ignore[union-attr]
+
+
+def test_promo_price_is_what_the_till_charges_until_it_ends(db: StateDB, dispatcher: Dispatcher) -> None:
+    until = datetime(2030, 1, 1, tzinfo=UTC)
+    send(db, dispatcher, price_cmd("c1", item(price="3.00", promo_price="2.49", promo_until=rfc3339(until))))
+    price = get_price(db.conn, "A1")
+    assert price is not None
+    assert price.effective_minor(until - timedelta(seconds=1)) == 249
+    assert price.effective_minor(until) == 300
+
+
+def test_name_and_gtin_are_kept_when_an_item_leaves_them_out(db: StateDB, dispatcher: Dispatcher) -> None:
+    send(db, dispatcher, price_cmd("c1", item(version=1, gtin="3017620422003", name="Nutella")))
+    send(db, dispatcher, price_cmd("c2", item(version=2, price="13.49")))
+    price = get_price(db.conn, "A1")
+    assert (price.gtin, price.name, price.price_minor) == ("3017620422003", "Nutella", 1349)  # type: ignore[union-attr]
+
+
+def test_stock_set_adjust_and_ledger(db: StateDB, dispatcher: Dispatcher) -> None:
+    send(
+        db,
+        dispatcher,
+        {"id": "s1", "type": "stock.set", "data": {"items": [{"sku": "A1", "on_hand": 10, "version": 2}]}},
+    )
+    stale = send(
+        db,
+        dispatcher,
+        {"id": "s2", "type": "stock.set", "data": {"items": [{"sku": "A1", "on_hand": 99, "version": 1}]}},
+    )
+    assert stale.skipped == 1
+    send(db, dispatcher, {"id": "s3", "type": "stock.adjust", "data": {"sku": "A1", "delta": -3, "reason": "breakage"}})
+    assert get_level(db.conn, "A1").on_hand == 7
+    too_many = send(
+        db, dispatcher, {"id": "s4", "type": "stock.adjust", "data": {"sku": "A1", "delta": -8, "reason": "sale"}}
+    )
+    assert too_many.status == "rejected"
+    assert too_many.errors[0].field == "data.delta"
+    assert get_level(db.conn, "A1").on_hand == 7
+    ledger = db.conn.execute("SELECT delta, on_hand, reason FROM stock_ledger ORDER BY id").fetchall()
+    assert [tuple(r) for r in ledger] == [(10, 10, "set"), (-3, 7, "breakage")]
+    stock_events = [
+        json.loads(r[0]) for r in db.conn.execute("SELECT data FROM outbox WHERE kind='stock' ORDER BY seq")
+    ]
+    assert stock_events[-1] == {"sku": "A1", "on_hand": 7, "reserved": 0, "available": 7, "reason": "breakage"}
+
+
+def test_seq_rises_by_one_across_restarts_even_when_the_outbox_was_emptied(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    first = StateDB(path)
+    first.transaction(lambda conn: [outbox.append(conn, "scan", {"n": i}) for i in range(3)])
+    first.transaction(lambda conn: outbox.delete(conn, [1, 2, 3]))
+    first.close_sync()
+    second = StateDB(path)
+    seq = second.transaction(lambda conn: outbox.append(conn, "scan", {"n": 3}))
+    assert seq == 4
+    event = outbox.pending(second.conn, 0, 10)[0]
+    envelope = json.loads(event.envelope("0042"))
+    assert (envelope["seq"], envelope["store"], envelope["type"], envelope["data"]) == (4, "0042", "scan", {"n": 3})
+    second.close_sync()
+
+
+async def test_group_commit_keeps_a_failing_job_apart(tmp_path: Path) -> None:
+    db = StateDB(tmp_path / "state.db")
+    await db.start()
+
+    def bad(conn: Any) -> None:
+        outbox.append(conn, "scan", {"bad": True})
+        raise RuntimeError("boom")
+
+    import asyncio
+
+    jobs = [db.write(lambda conn, i=i: outbox.append(conn, "scan", {"n": i})) for i in range(50)]
+    outcomes = await asyncio.gather(*jobs[:25], db.write(bad), *jobs[25:], return_exceptions=True)
+    await db.close()
+    assert isinstance(outcomes[25], RuntimeError)
+    again = StateDB(tmp_path / "state.db")
+    rows = again.conn.execute("SELECT seq, data FROM outbox ORDER BY seq").fetchall()
+    assert [r[0] for r in rows] == list(range(1, 51))
+    assert all("bad" not in r[1] for r in rows)
+    again.close_sync()
+
+
+# -- malformed commands: each is rejected with the field named, and nothing stops ------------------
+
+BIG = json.dumps(price_cmd("big", *[item(sku=f"S{i}", version=1) for i in range(2000)])).encode()
+
+MALFORMED: list[tuple[str, bytes | dict[str, Any], str | None, str]] = [
+    ("not json", b"{not json", "price.set", "(command)"),
+    ("not utf-8", b"\xff\xfe{}", "price.set", "(command)"),
+    ("a JSON array", b"[1, 2]", "price.set", "(command)"),
+    ("no id", {"type": "price.set", "data": {}}, "price.set", "id"),
+    ("id is a number", {"id": 7, "type": "price.set", "data": {}}, "price.set", "id"),
+    ("no data", {"id": "m6", "type": "price.set"}, "price.set", "data"),
+    ("unknown envelope key", {"id": "m7", "type": "price.set", "data": {"items": [item()]}, "x": 1}, "price.set", "x"),
+    ("unknown type", {"id": "m8", "type": "price.delete", "data": {}}, "price.delete", "type"),
+    ("type differs from topic", {"id": "m9", "type": "stock.set", "data": {}}, "price.set", "type"),
+    (
+        "bad sent_at",
+        {"id": "m10", "type": "price.set", "sent_at": "yesterday", "data": {"items": [item()]}},
+        "price.set",
+        "sent_at",
+    ),
+    ("no items", price_cmd("m11"), "price.set", "data.items"),
+    ("price as a number", price_cmd("m12", item(price=12.99)), "price.set", "data.items[0].price"),
+    ("price not decimal", price_cmd("m13", item(price="12,99")), "price.set", "data.items[0]"),
+    ("too many decimals", price_cmd("m14", item(price="1.999")), "price.set", "data.items[0]"),
+    ("bad currency", price_cmd("m15", {**item(), "currency": "euro"}), "price.set", "data.items[0].currency"),
+    (
+        "version missing",
+        price_cmd("m16", {"sku": "A1", "price": "1.00", "currency": "EUR"}),
+        "price.set",
+        "data.items[0].version",
+    ),
+    ("version negative", price_cmd("m17", item(version=-1)), "price.set", "data.items[0].version"),
+    ("bad gtin check digit", price_cmd("m18", item(gtin="3017620422004")), "price.set", "data.items[0].gtin"),
+    (
+        "valid_from without offset",
+        price_cmd("m19", item(valid_from="2026-12-01T08:00:00")),
+        "price.set",
+        "data.items[0].valid_from",
+    ),
+    ("unknown item field", price_cmd("m20", item(colour="red")), "price.set", "data.items[0].colour"),
+    ("oversized", BIG, "price.set", "(command)"),
+    (
+        "stock.adjust delta as string",
+        {"id": "m22", "type": "stock.adjust", "data": {"sku": "A1", "delta": "3", "reason": "x"}},
+        "stock.adjust",
+        "data.delta",
+    ),
+    ("command not built yet", {"id": "m23", "type": "order.reserve", "data": {}}, "order.reserve", "type"),
+]
+
+
+@pytest.mark.parametrize(("case", "command", "topic", "field"), MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_command_is_rejected_naming_the_field(
+    db: StateDB, dispatcher: Dispatcher, case: str, command: bytes | dict[str, Any], topic: str | None, field: str
+) -> None:
+    result = send(db, dispatcher, command, topic)
+    assert result.status == "rejected", case
+    assert any(e.field.startswith(field) for e in result.errors), [e.as_json() for e in result.errors]
+    assert all(e.message for e in result.errors)
+    answered = results(db)
+    assert len(answered) == 1 and answered[0]["status"] == "rejected"
+    assert db.conn.execute("SELECT count(*) FROM products").fetchone()[0] == 0
+    # the gateway goes on answering
+    assert send(db, dispatcher, price_cmd(f"after-{case}", item())).status == "applied"
+
+
+def test_at_least_twenty_kinds_of_malformed_command() -> None:
+    assert len(MALFORMED) >= 20
