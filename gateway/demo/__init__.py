@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import io
 import json
 import logging
 import os
@@ -57,7 +58,7 @@ class DemoBroker:
         self.directory = directory
         self.port = free_port()
         self.kind = "mosquitto" if shutil.which("mosquitto") else "amqtt"
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: asyncio.subprocess.Process | None = None
         self._amqtt: Any = None
 
     @property
@@ -79,8 +80,10 @@ class DemoBroker:
             if os.geteuid() == 0:
                 lines.append("user root")
             conf.write_text("\n".join(lines) + "\n")
-            self._process = subprocess.Popen(
-                ["mosquitto", "-c", str(conf)],
+            self._process = await asyncio.create_subprocess_exec(
+                "mosquitto",
+                "-c",
+                str(conf),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 preexec_fn=_die_with_parent,
@@ -106,12 +109,13 @@ class DemoBroker:
         raise RuntimeError(f"the demo broker ({self.kind}) did not start on 127.0.0.1:{self.port}")
 
     async def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
+        if self._process is not None and self._process.returncode is None:
             self._process.terminate()
             try:
-                await asyncio.to_thread(self._process.wait, 5)
-            except subprocess.TimeoutExpired:
+                await asyncio.wait_for(self._process.wait(), 5)
+            except TimeoutError:
                 self._process.kill()
+                await self._process.wait()
         if self._amqtt is not None:
             await self._amqtt.shutdown()
 
@@ -132,7 +136,7 @@ async def _wait_online(url: str, timeout_s: float = 15.0) -> None:
         await client.subscribe(f"retail/stores/{STORE}/gateway/state", qos=1)
         async with asyncio.timeout(timeout_s):
             async for message in client.messages:
-                if json.loads(bytes(message.payload)).get("state") == "online":  # type: ignore[arg-type]
+                if json.loads(bytes(message.payload)).get("state") == "online":
                     return
 
 
@@ -146,18 +150,18 @@ async def _seed(config: Config, broker_url: str, directory: Path) -> None:
     example = directory / "prices-example.csv"
     write_price_csv(example, products[:3], price_factor=0.9)
     broker = hq.BrokerOptions(url=broker_url, username="demo-hq")
-    with open(os.devnull, "w") as quiet:
-        await hq.push_prices(broker, STORE, initial, progress=False, out=quiet, timeout_s=30)
-        stock = {"items": [{"sku": p.sku, "on_hand": p.on_hand, "version": 1} for p in products]}
-        await hq.send_command(broker, "stock.set", json.dumps(stock), store=STORE, group=None, out=quiet)
-        if config.label_stations:
-            labels = {
-                "items": [
-                    {"label": f"demo-{p.sku.lower()}", "sku": p.sku, "station": config.label_stations[0].id}
-                    for p in products[:12]
-                ]
-            }
-            await hq.send_command(broker, "label.assign", json.dumps(labels), store=STORE, group=None, out=quiet)
+    quiet = io.StringIO()
+    await hq.push_prices(broker, STORE, initial, progress=False, out=quiet, timeout_s=30)
+    stock = {"items": [{"sku": p.sku, "on_hand": p.on_hand, "version": 1} for p in products]}
+    await hq.send_command(broker, "stock.set", json.dumps(stock), store=STORE, group=None, out=quiet)
+    if config.label_stations:
+        labels = {
+            "items": [
+                {"label": f"demo-{p.sku.lower()}", "sku": p.sku, "station": config.label_stations[0].id}
+                for p in products[:12]
+            ]
+        }
+        await hq.send_command(broker, "label.assign", json.dumps(labels), store=STORE, group=None, out=quiet)
 
 
 def _instructions(directory: Path, broker: DemoBroker, scanner: DemoScanner) -> str:
@@ -183,13 +187,10 @@ Ctrl-C stops everything.
 """.rstrip()
 
 
-async def run_demo(directory: Path, *, ready_file: Path | None = None) -> int:
-    """Run the demo until SIGINT/SIGTERM."""
+async def run_demo(directory: Path) -> int:
+    """Run the demo in `directory` (absolute, with its sub-folders made) until SIGINT/SIGTERM."""
     from gateway import daemon
 
-    directory = directory.resolve()
-    for sub in ("labels", "prints", "state", "broker"):
-        (directory / sub).mkdir(parents=True, exist_ok=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -215,8 +216,6 @@ async def run_demo(directory: Path, *, ready_file: Path | None = None) -> int:
         tasks.append(asyncio.create_task(scanner.serve(), name="demo-scanner"))
         tasks.append(asyncio.create_task(simulate_shelf_sensor(broker.port, "sensors/shelf-a1", stop), name="sensor"))
         print(_instructions(directory, broker, scanner), flush=True)
-        if ready_file is not None:
-            ready_file.write_text(broker.url)
         await stop.wait()
         print("\nstopping the demo...", flush=True)
         return await gateway_task
@@ -236,7 +235,7 @@ async def run_demo(directory: Path, *, ready_file: Path | None = None) -> int:
 
 async def type_scan(directory: Path, code: str, timeout_s: float = 5.0) -> str:
     """Type `code` into the running demo's scanner and return what the scanner's display shows."""
-    path = directory.resolve() / SCAN_SOCKET
+    path = directory / SCAN_SOCKET
     try:
         reader, writer = await asyncio.open_unix_connection(str(path))
     except OSError:
@@ -261,7 +260,7 @@ def main(args: argparse.Namespace) -> int:
             print("usage: store-gateway demo [--dir DIR] [scan CODE]", file=sys.stderr)
             return 2
         try:
-            reply = asyncio.run(type_scan(directory, words[1]))
+            reply = asyncio.run(type_scan(directory.resolve(), words[1]))
         except (RuntimeError, TimeoutError) as exc:
             print(f"demo scan: {exc or 'no answer from the scanner within 5 s'}", file=sys.stderr)
             return 1
@@ -269,6 +268,9 @@ def main(args: argparse.Namespace) -> int:
         return 0
     setup_logging("WARNING")
     logging.getLogger("gateway").setLevel(logging.INFO)
+    directory = directory.resolve()
+    for sub in ("labels", "prints", "state", "broker"):
+        (directory / sub).mkdir(parents=True, exist_ok=True)
     try:
         return asyncio.run(run_demo(directory))
     except KeyboardInterrupt:
