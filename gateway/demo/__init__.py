@@ -87,6 +87,7 @@ class DemoBroker:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 preexec_fn=_die_with_parent,
+                start_new_session=True,  # Ctrl-C reaches the demo, which stops the broker last
             )
         else:
             from amqtt.broker import Broker
