@@ -1,0 +1,139 @@
+"""check-config through the real CLI: a good file passes, each bad one exits 2 naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+GOOD = """
+[store]
+id = "0042"
+timezone = "Europe/Paris"
+
+[state]
+path = "{tmp}/state.db"
+
+[uplink]
+url = "mqtt://127.0.0.1:1883"
+
+[[printers]]
+id = "till-1"
+url = "tcp://127.0.0.1:9100"
+
+[[scanners]]
+id = "scan-1"
+port = "/dev/ttyACM0"
+
+[[scanners]]
+id = "scan-2"
+port = "/dev/ttyACM1"
+mode = "count"
+
+[[label_stations]]
+id = "sim-1"
+backend = "simulator"
+directory = "{tmp}/labels"
+
+[[sensors]]
+id = "shelf-a1"
+backend = "mqtt"
+topic = "sensors/shelf-a1"
+
+[[shelves]]
+sensor = "shelf-a1"
+sku = "A1"
+unit_weight_g = 400
+capacity = 12
+low = 3
+"""
+
+BAD = [
+    ("unknown top-level section", ("[state]", "[stat]"), "stat: unknown key"),
+    ("typo in a key", ('timezone = "Europe/Paris"', 'timezome = "Europe/Paris"'), "store.timezome: unknown key"),
+    ("store id with a bad character", ('id = "0042"', 'id = "00/42"'), "store.id:"),
+    ("unknown time zone", ('"Europe/Paris"', '"Europe/Lyon"'), 'store.timezone: unknown time zone "Europe/Lyon"'),
+    ("uplink url scheme", ('"mqtt://127.0.0.1:1883"', '"http://127.0.0.1:1883"'), "uplink.url: unknown scheme"),
+    (
+        "printer scheme typo",
+        ('"tcp://127.0.0.1:9100"', '"tpc://127.0.0.1:9100"'),
+        'printers[0].url: unknown scheme "tpc"; expected tcp, serial, usb or file',
+    ),
+    ("unknown scan mode", ('mode = "count"', 'mode = "counting"'), "scanners[1].mode:"),
+    ("simulator without directory", ('directory = "{tmp}/labels"', ""), "label_stations[0]: simulator needs directory"),
+    (
+        "shelf on an unknown sensor",
+        ('sensor = "shelf-a1"', 'sensor = "shelf-zz"'),
+        'shelves[0].sensor: no sensor with id "shelf-zz"',
+    ),
+    (
+        "duplicate device id",
+        ('id = "scan-2"', 'id = "till-1"'),
+        'scanners[1].id: "till-1" is already used by printers[0].id',
+    ),
+    (
+        "password in the file",
+        ('url = "mqtt://127.0.0.1:1883"', 'url = "mqtt://127.0.0.1:1883"\npassword = "hunter2"'),
+        "uplink.password: secrets may not be written in the config file",
+    ),
+    (
+        "cert without key",
+        ('url = "mqtt://127.0.0.1:1883"', 'url = "mqtts://127.0.0.1:8883"\ncert_file = "{tmp}/c.pem"'),
+        "uplink:",
+    ),
+    ("TOML syntax error", ("[state]", "[state"), "(file): not valid TOML"),
+    ("missing store id", ('id = "0042"', ""), "store.id: required key is missing"),
+    ("capacity not a number", ("capacity = 12", 'capacity = "twelve"'), "shelves[0].capacity:"),
+]
+
+
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+
+
+def test_good_file_passes_with_a_summary(tmp_path: Path) -> None:
+    path = tmp_path / "good.toml"
+    path.write_text(GOOD.replace("{tmp}", str(tmp_path)))
+    done = check_config(path)
+    assert done.returncode == 0, done.stderr
+    assert "0042" in done.stdout and "till-1" in done.stdout and "configuration OK" in done.stdout
+
+
+def test_the_example_config_passes() -> None:
+    done = check_config(REPO / "config" / "example.toml")
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(("case", "change", "expected"), BAD, ids=[b[0] for b in BAD])
+def test_bad_file_exits_2_naming_the_key(tmp_path: Path, case: str, change: tuple[str, str], expected: str) -> None:
+    (tmp_path / "c.pem").write_text("x")
+    old, new = change
+    text = GOOD.replace(old.replace("{tmp}", "{tmp}"), new, 1) if old in GOOD else GOOD
+    assert text != GOOD, f"the case {case!r} did not change the file"
+    path = tmp_path / "bad.toml"
+    path.write_text(text.replace("{tmp}", str(tmp_path)))
+    done = check_config(path)
+    assert done.returncode == 2, done.stdout
+    assert expected in done.stderr, done.stderr
+    assert done.stdout == ""
+
+
+def test_run_refuses_a_bad_file_before_touching_anything(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(GOOD.replace("{tmp}", str(tmp_path)).replace('"tcp://', '"tpc://'))
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "run", "--config", str(path)], capture_output=True, text=True, cwd=REPO
+    )
+    assert done.returncode == 2
+    assert "printers[0].url" in done.stderr
+    assert not (tmp_path / "state.db").exists()
