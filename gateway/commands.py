@@ -157,6 +157,18 @@ def field_errors(exc: ValidationError, prefix: str) -> list[FieldError]:
             message = "unknown field"
         elif item["type"] == "missing":
             message = "field required"
+        elif (
+            item["type"] == "string_type"
+            and "price" in str(item["loc"][-1])
+            and isinstance(item.get("input"), int | float)
+        ):
+            message = 'must be a string; money is a decimal string such as "12.99", never a JSON number'
+        elif item["type"] == "value_error" and ": " in message and item["loc"]:
+            # an item-level check that names its own field ("gtin: ...") reports it in the path
+            field, _, rest = message.partition(": ")
+            if field.isidentifier():
+                errors.append(FieldError(_loc((*tuple(item["loc"]), field), prefix), rest))
+                continue
         errors.append(FieldError(_loc(tuple(item["loc"]), prefix), message))
     return errors
 

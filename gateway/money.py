@@ -36,6 +36,13 @@ def to_minor(amount: str, currency: str) -> int:
     """ "12.99" EUR -> 1299. Raises ValueError for floats, negatives or too many decimals."""
     if not isinstance(amount, str):
         raise ValueError('must be a decimal string such as "12.99", not a number')
+    places = _EXPONENTS.get(currency, 2)
+    whole, dot, frac = amount.partition(".")
+    # the common case ("12.99") without Decimal: this runs for every item of a 100k-line price file
+    if whole.isascii() and whole.isdigit() and len(whole) <= 12 and (not dot or (frac.isascii() and frac.isdigit())):
+        if len(frac) <= places:
+            return int(whole) * 10**places + (int(frac.ljust(places, "0")) if places else 0)
+        raise ValueError(f'"{amount}" has more than {places} decimals for {currency}')
     try:
         value = Decimal(amount)
     except InvalidOperation:

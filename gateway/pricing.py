@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from gateway.commands import CommandContext, CommandModel, Outcome
-from gateway.money import from_minor, is_currency_code, to_minor
+from gateway.money import from_minor, to_minor
 from gateway.service import Service
 from gateway.timeutil import epoch_ms, from_epoch_ms, parse_rfc3339, rfc3339, utc_now
 
@@ -37,11 +37,18 @@ Sku = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f]+
 
 def gtin_is_valid(code: str) -> bool:
     """GS1 mod-10 check digit of a GTIN-8/12/13/14."""
-    if not code.isdigit() or len(code) not in (8, 12, 13, 14):
+    if len(code) not in (8, 12, 13, 14) or not code.isdigit():
         return False
-    digits = [int(c) for c in code]
-    total = sum(d * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(digits[:-1])))
-    return (10 - total % 10) % 10 == digits[-1]
+    # weights 3,1,3,... from the digit left of the check digit
+    total = 3 * sum(map(int, code[-2::-2])) + sum(map(int, code[-3::-2]))
+    return (10 - total % 10) % 10 == int(code[-1])
+
+
+def _minor(field: str, amount: str, currency: str) -> int:
+    try:
+        return to_minor(amount, currency)
+    except ValueError as exc:
+        raise ValueError(f"{field}: {exc}") from None
 
 
 class PriceItem(CommandModel):
@@ -49,8 +56,8 @@ class PriceItem(CommandModel):
 
     sku: Sku
     price: str
-    currency: str
-    gtin: str | None = None
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+    gtin: Annotated[str, Field(pattern=r"^(\d{8}|\d{12,14})$")] | None = None
     name: Annotated[str, Field(max_length=200)] | None = None
     promo_price: str | None = None
     promo_until: str | None = None
@@ -59,42 +66,24 @@ class PriceItem(CommandModel):
     net_unit: Literal["kg", "l", "m", "m2", "piece"] | None = None
     version: Annotated[int, Field(ge=0)]
 
-    @field_validator("price", "promo_price", mode="before")
-    @classmethod
-    def _decimal_string(cls, value: object) -> object:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            raise ValueError(f'must be a decimal string such as "{value}", not a JSON number')
-        return value
+    _price_minor: int = PrivateAttr(0)
+    _promo_minor: int | None = PrivateAttr(None)
 
-    @field_validator("currency")
-    @classmethod
-    def _currency(cls, value: str) -> str:
-        if not is_currency_code(value):
-            raise ValueError(f'"{value}" is not an ISO 4217 code such as "EUR"')
-        return value
-
-    @field_validator("gtin")
-    @classmethod
-    def _gtin(cls, value: str | None) -> str | None:
-        if value is not None and not gtin_is_valid(value):
-            raise ValueError(f'"{value}" is not a GTIN-8/12/13/14 with a valid check digit')
-        return value
-
-    @field_validator("promo_until", "valid_from")
-    @classmethod
-    def _time(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_rfc3339(value)
-        return value
-
+    # One after-validator for the whole item: a 100k-line price file calls it 100k times.
     @model_validator(mode="after")
-    def _amounts(self) -> PriceItem:
-        to_minor(self.price, self.currency)
+    def _check(self) -> PriceItem:
+        self._price_minor = _minor("price", self.price, self.currency)
         if self.promo_price is not None:
-            try:
-                to_minor(self.promo_price, self.currency)
-            except ValueError as exc:
-                raise ValueError(f"promo_price: {exc}") from None
+            self._promo_minor = _minor("promo_price", self.promo_price, self.currency)
+        if self.gtin is not None and not gtin_is_valid(self.gtin):
+            raise ValueError(f'gtin: "{self.gtin}" is not a GTIN-8/12/13/14 with a valid check digit')
+        for name in ("promo_until", "valid_from"):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    parse_rfc3339(value)
+                except ValueError as exc:
+                    raise ValueError(f"{name}: {exc}") from None
         if self.net_quantity is not None:
             try:
                 if float(self.net_quantity) <= 0:
@@ -202,8 +191,8 @@ def _row(item: PriceItem, now_ms: int) -> tuple[Any, ...]:
         item.gtin,
         item.name,
         item.currency,
-        to_minor(item.price, item.currency),
-        None if item.promo_price is None else to_minor(item.promo_price, item.currency),
+        item._price_minor,
+        item._promo_minor,
         None if item.promo_until is None else epoch_ms(parse_rfc3339(item.promo_until)),
         None if item.net_quantity is None else float(item.net_quantity),
         item.net_unit,
