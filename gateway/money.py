@@ -41,7 +41,7 @@ def to_minor(amount: str, currency: str) -> int:
     # the common case ("12.99") without Decimal: this runs for every item of a 100k-line price file
     if whole.isascii() and whole.isdigit() and len(whole) <= 12 and (not dot or (frac.isascii() and frac.isdigit())):
         if len(frac) <= places:
-            return int(whole) * 10**places + (int(frac.ljust(places, "0")) if places else 0)
+            return int(whole + frac.ljust(places, "0"))
         raise ValueError(f'"{amount}" has more than {places} decimals for {currency}')
     try:
         value = Decimal(amount)
