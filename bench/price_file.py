@@ -32,9 +32,7 @@ def raw_baseline(path: Path, items: list[dict[str, object]]) -> float:
         "CREATE TABLE products (sku TEXT PRIMARY KEY, gtin TEXT, name TEXT, currency TEXT, price_minor INTEGER, "
         "version INTEGER, updated_ms INTEGER)"
     )
-    conn.execute(
-        "CREATE INDEX products_by_gtin ON products (gtin) WHERE gtin IS NOT NULL"
-    )
+    conn.execute("CREATE INDEX products_by_gtin ON products (gtin) WHERE gtin IS NOT NULL")
     rows = [
         (i["sku"], i["gtin"], i["name"], i["currency"], round(float(str(i["price"])) * 100), i["version"], 0)
         for i in items

@@ -241,55 +241,63 @@ class Uplink:
             log.warning("uplink: reply to %s not sent: %s", response_topic, exc)
 
     async def _publish_outbox(self, client: aiomqtt.Client) -> None:
+        """Keep up to `window` QoS 1 publishes in flight, in seq order; forget each row after its PUBACK."""
         if self._deletes:
             await asyncio.gather(*list(self._deletes), return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        progress = self._wake  # set by every commit (new events) and every PUBACK
+        refill_at = max(1, self.window // 2)  # fetch rows in batches, not one per PUBACK
         cursor = 0
-        in_flight: dict[asyncio.Task[Any], int] = {}
+        in_flight: dict[int, asyncio.Task[None]] = {}
         acked: list[int] = []
-        while True:
-            stopping = self._stopping.is_set()
-            if not stopping and len(in_flight) < self.window:
-                self._wake.clear()
-                batch = await self.db.read(functools.partial(_pending, after=cursor, room=self.window - len(in_flight)))
-                for event in batch:
-                    cursor = event.seq
-                    if event.seq in self._acked:
-                        continue
-                    task = asyncio.ensure_future(
-                        client.publish(self.topics.event(event.kind), event.envelope(self.topics.store), qos=1)
-                    )
-                    in_flight[task] = event.seq
-            if stopping and not in_flight:
-                break
-            waiters: set[asyncio.Future[Any]] = set(in_flight)
-            wake: asyncio.Future[Any] | None = None
-            if not stopping and len(in_flight) < self.window:
-                wake = asyncio.ensure_future(self._wake.wait())
-                waiters.add(wake)
-            if not waiters:
-                continue
-            try:
-                done, _ = await asyncio.wait(
-                    waiters, return_when=asyncio.FIRST_COMPLETED, timeout=5 if stopping else None
-                )
-            finally:
-                if wake is not None:
-                    wake.cancel()
-            if stopping and not done:
-                log.warning(
-                    "uplink: %d events still unacknowledged at shutdown; they stay in the outbox", len(in_flight)
-                )
-                break
-            for finished in done:
-                if finished is wake:
-                    continue
-                seq = in_flight.pop(finished)  # type: ignore[call-overload]
-                finished.result()  # an MqttError ends this connection; the row stays in the outbox
+        failures: list[BaseException] = []
+
+        def finished(seq: int, task: asyncio.Task[None]) -> None:
+            in_flight.pop(seq, None)
+            if task.cancelled():
+                return
+            error = task.exception()
+            if error is not None:
+                failures.append(error)
+            else:
                 acked.append(seq)
-            if acked:
-                self._forget(acked)
-                self.published += len(acked)
-                acked = []
+            progress.set()
+
+        try:
+            while True:
+                progress.clear()
+                if failures:
+                    raise failures[0]  # an MqttError ends this connection; the rows stay in the outbox
+                if acked:
+                    done, acked[:] = list(acked), []
+                    self._forget(done)
+                    self.published += len(done)
+                stopping = self._stopping.is_set()
+                if stopping and not in_flight:
+                    return
+                if not stopping and len(in_flight) < refill_at:
+                    room = self.window - len(in_flight)
+                    batch = await self.db.read(functools.partial(_pending, after=cursor, room=room))
+                    for event in batch:
+                        cursor = event.seq
+                        if event.seq in self._acked:
+                            continue
+                        publish = client.publish(
+                            self.topics.event(event.kind), event.envelope(self.topics.store), qos=1
+                        )
+                        task = loop.create_task(publish)
+                        in_flight[event.seq] = task
+                        task.add_done_callback(functools.partial(finished, event.seq))
+                    if batch:
+                        continue
+                try:
+                    await asyncio.wait_for(progress.wait(), 5 if stopping else None)
+                except TimeoutError:
+                    log.warning("uplink: %d events unacknowledged at shutdown; they stay in the outbox", len(in_flight))
+                    return
+        finally:
+            for task in list(in_flight.values()):
+                task.cancel()
 
     def _forget(self, seqs: list[int]) -> None:
         """Delete acknowledged rows (group-committed in the background, never awaited on the hot path)."""

@@ -1,0 +1,181 @@
+"""Events relayed device -> head office, durably, vs a raw aiomqtt QoS 1 publisher; then a 100k-event outage.
+
+Ours: events are created by an in-process producer (each event its own write job, as devices make
+them, so the group commit does the batching), relayed by the real Uplink from the outbox to a
+private mosquitto, and counted by `mosquitto_sub` in another process. Raw: a plain aiomqtt
+publisher with 100 publishes in flight, same payload size, counted the same way.
+
+Run: .venv/bin/python bench/relay.py [--events 20000] [--outage 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import subprocess
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiomqtt
+from _common import broker, emit, progress  # type: ignore[import-not-found]
+
+from gateway import outbox
+from gateway.bus import Bus
+from gateway.commands import Dispatcher
+from gateway.config import parse_config
+from gateway.db import StateDB
+from gateway.service import Gateway
+from gateway.supervisor import Supervisor
+from gateway.timeutil import rfc3339
+from gateway.uplink import Uplink
+
+STORE = "B1"
+DATA = {"scanner": "pricecheck-1", "code": "3017620422003", "gtin": "03017620422003", "sku": "A1", "mode": "count"}
+
+
+def subscriber(port: int, topic: str, count: int, out: Path, client_id: str | None = None) -> subprocess.Popen[bytes]:
+    args = ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-t", topic, "-C", str(count)]
+    if client_id:
+        args += ["-i", client_id, "-c"]
+    return subprocess.Popen(args, stdout=out.open("wb"), stderr=subprocess.DEVNULL)
+
+
+async def wait_sub(proc: subprocess.Popen[bytes], timeout: float) -> float:
+    deadline = time.perf_counter() + timeout
+    while proc.poll() is None:
+        if time.perf_counter() > deadline:
+            proc.kill()
+            raise TimeoutError("the subscriber did not get every message")
+        await asyncio.sleep(0.005)
+    return time.perf_counter()
+
+
+async def raw_publisher(port: int, count: int, payload: bytes, workdir: Path) -> float:
+    out = workdir / "raw.out"
+    sub = subscriber(port, "bench/raw", count, out)
+    await asyncio.sleep(0.5)
+    async with aiomqtt.Client("127.0.0.1", port, max_inflight_messages=100) as client:
+        client.pending_calls_threshold = 1000
+        start = time.perf_counter()
+        for base in range(0, count, 100):
+            await asyncio.gather(*(client.publish("bench/raw", payload, qos=1) for _ in range(min(100, count - base))))
+        end = await wait_sub(sub, 120)
+    return count / (end - start)
+
+
+async def start_uplink(path: Path, port: int) -> tuple[StateDB, Uplink, asyncio.Task[None]]:
+    config = parse_config(
+        {"store": {"id": STORE}, "state": {"path": str(path)}, "uplink": {"url": f"mqtt://127.0.0.1:{port}"}}
+    )
+    db = StateDB(path)
+    await db.start()
+    Gateway(config, db, Bus(), Dispatcher(), Supervisor(db))
+    uplink = Uplink(config, db, lambda p, n: None, version="bench", started_at=rfc3339(datetime.now(UTC)))  # type: ignore[arg-type,return-value]
+    task = asyncio.create_task(uplink.run())
+    await asyncio.wait_for(uplink.connected.wait(), 10)
+    return db, uplink, task
+
+
+async def produce(db: StateDB, count: int) -> None:
+    """Each event its own write job (as devices create them); at most 1000 waiting at once."""
+    for base in range(0, count, 1000):
+        await asyncio.gather(
+            *(
+                db.write(lambda conn, n=n: outbox.append(conn, "scan", {**DATA, "n": n}))
+                for n in range(base, min(count, base + 1000))
+            )
+        )
+
+
+def check(out: Path, expected: int) -> dict[str, int]:
+    events = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    ids = [e["id"] for e in events]
+    seqs = [e["seq"] for e in events]
+    return {
+        "received": len(events),
+        "lost": expected - len(set(ids)),
+        "duplicated": len(ids) - len(set(ids)),
+        "seq_gaps": sum(1 for a, b in itertools.pairwise(seqs) if b != a + 1),
+    }
+
+
+async def main_async(events: int, outage: int) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        mqtt = broker(workdir / "broker")
+        try:
+            payload_size = len(
+                outbox.OutboxEvent(1, "x" * 32, "scan", rfc3339(datetime.now(UTC)), json.dumps(DATA), 0).envelope(STORE)
+            )
+            progress(f"raw aiomqtt publisher, {events} messages of {payload_size} bytes...")
+            raw_rate = await raw_publisher(mqtt.port, events, b"x" * payload_size, workdir)
+
+            progress(f"gateway: {events} events created and relayed durably...")
+            db, uplink, task = await start_uplink(workdir / "state.db", mqtt.port)
+            out = workdir / "live.out"
+            sub = subscriber(mqtt.port, f"retail/stores/{STORE}/events/#", events, out)
+            await asyncio.sleep(0.5)
+            start = time.perf_counter()
+            await produce(db, events)
+            created = time.perf_counter()
+            end = await wait_sub(sub, 180)
+            create_only = events / (created - start)
+            live = check(out, events)
+            ours_rate = events / (end - start)
+
+            progress(f"outage: broker stopped, {outage} events created, broker back...")
+            out2 = workdir / "outage.out"
+            sub2 = subscriber(mqtt.port, f"retail/stores/{STORE}/events/#", outage, out2, client_id="hq-bench")
+            await asyncio.sleep(0.5)
+            sub2.terminate()
+            sub2.wait()
+            mqtt.stop()
+            start = time.perf_counter()
+            await produce(db, outage)
+            create_s = time.perf_counter() - start
+            mqtt.start()
+            sub2 = subscriber(mqtt.port, f"retail/stores/{STORE}/events/#", outage, out2, client_id="hq-bench")
+            reconnect_start = time.perf_counter()
+            await asyncio.wait_for(uplink.connected.wait(), 60)
+            drain_start = time.perf_counter()
+            end = await wait_sub(sub2, 300)
+            drained = check(out2, outage)
+            drain_rate = outage / (end - drain_start)
+            await uplink.stop()
+            await asyncio.wait_for(task, 10)
+            await uplink.flush()
+            await db.close()
+        finally:
+            mqtt.kill()
+    return {
+        "bench": "relay",
+        "events": events,
+        "payload_bytes": payload_size,
+        "ours_events_per_s": round(ours_rate),
+        "ours_create_only_events_per_s": round(create_only),
+        "raw_aiomqtt_qos1_100_inflight_msgs_per_s": round(raw_rate),
+        "ratio_ours_over_raw": round(ours_rate / raw_rate, 2),
+        "target": ">= 0.8x raw; the issue's 5,000/s",
+        "live": live,
+        "outage_events": outage,
+        "outage_create_s": round(create_s, 2),
+        "outage_reconnect_s": round(drain_start - reconnect_start, 2),
+        "outage_drain_events_per_s": round(drain_rate),
+        "outage": drained,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--outage", type=int, default=100_000)
+    args = parser.parse_args()
+    emit(asyncio.run(main_async(args.events, args.outage)))
+
+
+if __name__ == "__main__":
+    main()
