@@ -11,8 +11,8 @@ Run: .venv/bin/python bench/startup.py [--minutes 1]
 from __future__ import annotations
 
 import argparse
-import functools
 import asyncio
+import functools
 import json
 import statistics
 import subprocess
