@@ -98,8 +98,11 @@ class HeadOffice:
         async with asyncio.timeout(timeout):
             while True:
                 for item in self.events + self.states:
-                    if predicate(item):
-                        return item
+                    try:
+                        if predicate(item):
+                            return item
+                    except (KeyError, TypeError):  # a state message tested by an event predicate
+                        continue
                 self._new.clear()
                 await self._new.wait()
 
