@@ -68,7 +68,7 @@ def test_codes_that_are_not_products_have_problems_and_no_gtin(raw: str) -> None
 
 
 def test_expected_gtins_have_valid_check_digits() -> None:
-    for raw, _, expected in CASES:
+    for _raw, _, expected in CASES:
         gtin = expected.get("gtin")
         if isinstance(gtin, str):
             assert gtin_is_valid(gtin), gtin
