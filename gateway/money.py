@@ -60,3 +60,11 @@ def from_minor(minor: int, currency: str) -> str:
     """1299 EUR -> "12.99"."""
     places = exponent(currency)
     return f"{Decimal(minor).scaleb(-places):.{places}f}"
+
+
+def display(minor: int, currency: str) -> str:
+    """How a price reads on a French shelf label or kiosk: 12,99 € (other currencies: 12.99 USD)."""
+    amount = from_minor(minor, currency)
+    if currency == "EUR":
+        return amount.replace(".", ",") + " €"
+    return f"{amount} {currency}"

@@ -23,21 +23,13 @@ from drivers.scanners import Framing, ScannerStatus, ScanReading
 from gateway import devices, outbox, stock
 from gateway.codes import ScannedCode, interpret
 from gateway.config import ScannerConfig
-from gateway.money import from_minor
+from gateway.money import display, from_minor
 from gateway.pricing import Price, find_by_gtin
 from gateway.service import Service
 from gateway.supervisor import Device
 from gateway.timeutil import epoch_ms
 
 log = logging.getLogger(__name__)
-
-
-def display_price(minor: int, currency: str) -> str:
-    """How a price reads on a French kiosk display: 12,99 € (other currencies: 12.99 USD)."""
-    amount = from_minor(minor, currency)
-    if currency == "EUR":
-        return amount.replace(".", ",") + " €"
-    return f"{amount} {currency}"
 
 
 @dataclass(frozen=True)
@@ -70,10 +62,10 @@ def reply_line(config: ScannerConfig, answer: PriceAnswer) -> str:
         "sku": product.sku,
         "gtin": product.gtin or "",
         "currency": answer.currency or product.currency,
-        "price": display_price(answer.price_minor or 0, answer.currency or product.currency),
+        "price": display(answer.price_minor or 0, answer.currency or product.currency),
         "promo_price": ""
         if product.promo_price_minor is None
-        else display_price(product.promo_price_minor, product.currency),
+        else display(product.promo_price_minor, product.currency),
     }
     try:
         return config.reply_format.format(**fields)

@@ -109,8 +109,9 @@ def _catalogue(conn: sqlite3.Connection) -> dict[str, Any]:
 
 
 def _labels(conn: sqlite3.Connection) -> dict[str, Any] | None:
-    counts = counts_by(conn, "labels", "state")
-    return None if counts is None else {"by_state": counts}
+    from gateway.labels.plan import status_section
+
+    return status_section(conn)
 
 
 SECTIONS: dict[str, Section] = {"labels": _labels}

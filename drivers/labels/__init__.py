@@ -1,0 +1,71 @@
+"""Electronic shelf label stations: send an image to a label, learn whether it took it, flash its LED.
+
+One interface for the family (`LabelStation`), one module per transport: `openepaperlink` (an
+OpenEPaperLink access point over HTTP and its websocket), `simulator` (PNG files in a folder) and
+`ble` (the Bluetooth ESL profile; an interface point, not available yet). The gateway hands a
+station a palette image at the tag's resolution and a token (its content hash); the station
+reports, per label, `confirmed` (the tag shows it), `same_image` (it already did) or `failed`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from PIL import Image
+
+Outcome = Literal["confirmed", "failed", "same_image"]
+
+
+class LabelNotFound(LookupError):
+    """The station does not know this label (not paired, wrong id)."""
+
+
+@dataclass(frozen=True)
+class TagInfo:
+    """What the station knows of a label's display."""
+
+    label_id: str
+    width: int
+    height: int
+    colours: tuple[str, ...] = ("white", "black", "red")
+    hw_type: int | None = None
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    """The fate of an image sent to a label; `token` is the one given to `send_image`."""
+
+    label_id: str
+    outcome: Outcome
+    token: str | None = None
+    detail: str | None = None
+
+
+class LabelStation(Protocol):
+    """A label station (access point, simulator...)."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def tag_info(self, label_id: str) -> TagInfo:
+        """Size and colours of a label; raises LabelNotFound."""
+        ...
+
+    async def send_image(self, label_id: str, image: Image.Image, token: str) -> None:
+        """Hand the image over for delivery (accepted, not yet shown); raises on a refused upload."""
+        ...
+
+    def reports(self) -> AsyncIterator[DeliveryReport]:
+        """Delivery reports as they come, for as long as the station runs."""
+        ...
+
+    async def flash(self, label_id: str, color: str, seconds: float) -> None:
+        """Light the label's LED (pick-to-light)."""
+        ...
+
+    def normalise_id(self, label_id: str) -> str:
+        """The station's canonical form of a label id; raises ValueError for an impossible one."""
+        ...

@@ -1,0 +1,1 @@
+"""Electronic shelf labels: rendering, planning and delivery of every label."""

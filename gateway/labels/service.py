@@ -1,0 +1,274 @@
+"""The label service: re-render the labels of changed prices and deliver them, station by station.
+
+A price change (or an assignment) makes a plan: the labels of those skus are rendered at their
+display's resolution (in a worker thread), a label whose confirmed image already has the same hash
+is left alone, and the rest are queued per station. The queue coalesces: it holds the latest image
+of each label, so a label whose price changes three times before it is sent is sent once. Each
+station has a bounded number of images in flight; a transfer that fails or is not confirmed in
+time is retried a bounded number of times, then the label is reported `failed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import sqlite3
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from drivers.labels import LabelNotFound, LabelStation, TagInfo
+from gateway import devices
+from gateway.config import LabelStationConfig
+from gateway.labels import plan
+from gateway.labels.render import DisplaySpec, render
+from gateway.pricing import PricesChanged
+from gateway.service import Service
+from gateway.supervisor import Device
+from gateway.timeutil import utc_now
+
+log = logging.getLogger(__name__)
+
+_RETRY_DELAY_S = 2.0
+
+
+def make_station(config: LabelStationConfig) -> LabelStation:
+    """The driver for a `[[label_stations]]` entry (heavy imports stay inside each transport)."""
+    if config.backend == "simulator":
+        from drivers.labels.simulator import SimulatedStation
+
+        assert config.directory is not None
+        return SimulatedStation(
+            config.directory, confirm_delay_s=config.confirm_delay_s, failure_rate=config.failure_rate
+        )
+    if config.backend == "openepaperlink":
+        from drivers.labels.openepaperlink import OpenEPaperLinkStation
+
+        assert config.url is not None
+        return OpenEPaperLinkStation(config.url, name=config.id)
+    from drivers.labels.ble import BluetoothEslStation
+
+    return BluetoothEslStation()  # type: ignore[return-value]  # raises: not available
+
+
+@dataclass
+class InFlight:
+    content_hash: str
+    image: Image.Image
+    sent_at: float
+
+
+class StationQueue:
+    """The coalescing queue and in-flight set of one station."""
+
+    def __init__(self, config: LabelStationConfig, station: LabelStation) -> None:
+        self.config = config
+        self.station = station
+        self.waiting: OrderedDict[str, tuple[Image.Image, str]] = OrderedDict()
+        self.in_flight: dict[str, InFlight] = {}
+        self.ready = asyncio.Event()
+
+    def put(self, label: str, image: Image.Image, content_hash: str) -> None:
+        self.waiting[label] = (image, content_hash)  # replaces an older image of the same label
+        self.waiting.move_to_end(label)
+        self.ready.set()
+
+
+class LabelService(Service):
+    """label.assign, label.flash, and the plan-render-send-confirm loop of every station."""
+
+    name = "labels"
+
+    def setup(self) -> None:
+        self.queues: dict[str, StationQueue] = {}
+        self._unavailable: dict[str, str] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        for config in self.gateway.config.label_stations:
+            try:
+                station = make_station(config)
+            except NotImplementedError as exc:
+                self._unavailable[config.id] = str(exc)
+                log.error("label station %s: %s", config.id, exc)
+                continue
+            self.queues[config.id] = StationQueue(config, station)
+            self.gateway.add_task(
+                f"labels:{config.id}",
+                functools.partial(self.run_station, config.id),
+                Device(config.id, "label_station"),
+            )
+        stations = {sid: queue.station for sid, queue in self.queues.items()}
+        self.gateway.dispatcher.register("label.assign", plan.LabelAssign, plan.make_assign_handler(stations))
+        self.gateway.dispatcher.register("label.flash", plan.LabelFlash, plan.handle_flash)
+        self.gateway.bus.subscribe(PricesChanged, self._on_prices)
+        self.gateway.bus.subscribe(plan.LabelsToPlan, self._on_labels)
+        self.gateway.bus.subscribe(plan.FlashRequested, self._on_flash)
+        self.gateway.add_task("labels:start", self.start)
+
+    async def start(self) -> None:
+        """Report stations that cannot run, then re-plan every label not known to be in sync."""
+        for station_id, why in self._unavailable.items():
+            await self.gateway.db.write(
+                functools.partial(
+                    devices.report, device=station_id, kind="label_station", status="error", detail=why[:200]
+                )
+            )
+        keys = await self.gateway.db.read(plan.out_of_sync)
+        if keys:
+            log.info("labels: %d labels to bring in sync after start", len(keys))
+            await self.plan(keys)
+
+    async def _on_prices(self, signal: PricesChanged) -> None:
+        keys = await self.gateway.db.read(functools.partial(plan.labels_for_skus, skus=signal.skus))
+        await self.plan(keys)
+
+    async def _on_labels(self, signal: plan.LabelsToPlan) -> None:
+        await self.plan(list(signal.keys))
+
+    async def _on_flash(self, signal: plan.FlashRequested) -> None:
+        for station_id, label in signal.keys:
+            queue = self.queues.get(station_id)
+            if queue is None:
+                continue
+            try:
+                await queue.station.flash(label, signal.color, signal.seconds)
+            except Exception as exc:
+                log.warning("label %s on %s: flash failed: %s", label, station_id, exc)
+
+    async def _display(self, row: plan.LabelRow) -> DisplaySpec | None:
+        if row.display is not None:
+            return row.display
+        queue = self.queues.get(row.station)
+        if queue is None:
+            return None
+        try:
+            info: TagInfo = await queue.station.tag_info(row.label)
+        except LabelNotFound as exc:
+            log.warning("label %s is not known to station %s: %s", row.label, row.station, exc)
+            return None
+        spec = DisplaySpec(info.width, info.height, info.colours)
+        await self.gateway.db.write(functools.partial(plan.set_display, key=row.key, spec=spec))
+        return spec
+
+    async def plan(self, keys: list[plan.LabelKey]) -> int:
+        """Render the labels at `keys` with their product's current price; queue those that must change."""
+        db = self.gateway.db
+        rows = await db.read(functools.partial(plan.get_labels, keys=keys))
+        now = utc_now()
+        jobs = []
+        for row in rows:
+            spec = await self._display(row)
+            _, price = await db.read(functools.partial(plan.wanted, key=row.key))
+            if spec is None or price is None:
+                continue
+            jobs.append((row, spec, price, plan.content_for(price, now)))
+        if not jobs:
+            return 0
+        rendered = await asyncio.to_thread(lambda: [render(content, spec) for _, spec, _, content in jobs])
+
+        def record(conn: sqlite3.Connection) -> list[bool]:
+            return [
+                plan.want(conn, row.key, label.content_hash, price.version, plan.price_text(price, now))
+                for (row, _, price, _), label in zip(jobs, rendered, strict=True)
+            ]
+
+        changed = await db.write(record)
+        queued = 0
+        for (row, _, _, _), label, must_send in zip(jobs, rendered, changed, strict=True):
+            queue = self.queues.get(row.station)
+            if must_send and queue is not None:
+                queue.put(row.label, label.image, label.content_hash)
+                queued += 1
+        if queued:
+            log.info("labels: %d of %d labels queued for sending", queued, len(jobs))
+        return queued
+
+    async def run_station(self, station_id: str) -> None:
+        queue = self.queues[station_id]
+        await queue.station.start()
+        await self.gateway.db.write(
+            functools.partial(devices.report, device=station_id, kind="label_station", status="online")
+        )
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._send(queue), name=f"labels:{station_id}:send")
+                group.create_task(self._receive(queue), name=f"labels:{station_id}:reports")
+                group.create_task(self._watch_timeouts(queue), name=f"labels:{station_id}:timeouts")
+        finally:
+            await queue.station.close()
+
+    async def _send(self, queue: StationQueue) -> None:
+        db = self.gateway.db
+        loop = asyncio.get_running_loop()
+        station_id = queue.config.id
+        while True:
+            await queue.ready.wait()
+            queue.ready.clear()
+            while queue.waiting and len(queue.in_flight) < queue.config.max_in_flight:
+                label, (image, content_hash) = queue.waiting.popitem(last=False)
+                key = (station_id, label)
+                if label in queue.in_flight:
+                    # the older image is still on its way: send the new one once it is settled
+                    queue.waiting[label] = (image, content_hash)
+                    break
+                if not await db.write(functools.partial(plan.mark_sent, key=key, content_hash=content_hash)):
+                    continue  # a newer render replaced it meanwhile
+                queue.in_flight[label] = InFlight(content_hash, image, loop.time())
+                try:
+                    await queue.station.send_image(label, image, content_hash)
+                except Exception as exc:
+                    queue.in_flight.pop(label, None)
+                    await self._failed(queue, label, content_hash, image, f"upload refused: {exc}")
+
+    async def _receive(self, queue: StationQueue) -> None:
+        db = self.gateway.db
+        async for report in queue.station.reports():
+            entry = queue.in_flight.pop(report.label_id, None)
+            token = report.token or (entry.content_hash if entry else None)
+            if token is None:
+                continue
+            key = (queue.config.id, report.label_id)
+            if report.outcome in ("confirmed", "same_image"):
+                await db.write(functools.partial(plan.mark_confirmed, key=key, content_hash=token))
+            elif entry is not None:
+                await self._failed(queue, report.label_id, token, entry.image, report.detail or "transfer failed")
+            queue.ready.set()
+
+    async def _failed(self, queue: StationQueue, label: str, content_hash: str, image: Image.Image, why: str) -> None:
+        key = (queue.config.id, label)
+        retry = await self.gateway.db.write(
+            functools.partial(
+                plan.mark_failed_try, key=key, content_hash=content_hash, retries=queue.config.retries, detail=why
+            )
+        )
+        if retry:
+            loop = asyncio.get_running_loop()
+
+            def again() -> None:
+                if label not in queue.waiting:
+                    queue.put(label, image, content_hash)
+
+            loop.call_later(_RETRY_DELAY_S, again)
+        queue.ready.set()
+
+    async def _watch_timeouts(self, queue: StationQueue) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(5.0, queue.config.confirm_timeout_s / 4))
+            late = [
+                (label, entry)
+                for label, entry in queue.in_flight.items()
+                if loop.time() - entry.sent_at > queue.config.confirm_timeout_s
+            ]
+            for label, entry in late:
+                queue.in_flight.pop(label, None)
+                await self._failed(queue, label, entry.content_hash, entry.image, "not confirmed in time")
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*self._tasks, return_exceptions=True)
