@@ -198,9 +198,10 @@ class Uplink:
         task.add_done_callback(self._deletes.discard)
 
     async def _serve(self, client: aiomqtt.Client) -> None:
-        await client.publish(self.topics.state, self._state_payload("online"), qos=1, retain=True)
+        # subscribe first: "online" tells head office that commands sent from now on are taken
         for topic_filter in self.topics.command_filters:
             await client.subscribe(topic_filter, qos=1)
+        await client.publish(self.topics.state, self._state_payload("online"), qos=1, retain=True)
         self._set_state("online")
         async with asyncio.TaskGroup() as group:
             receiver = group.create_task(self._receive(client), name="uplink-commands")

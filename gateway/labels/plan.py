@@ -160,10 +160,10 @@ def set_display(conn: sqlite3.Connection, key: LabelKey, spec: DisplaySpec) -> N
 def want(conn: sqlite3.Connection, key: LabelKey, content_hash: str, version: int, price: str) -> bool:
     """Record what the label should show now. False if it already shows it (confirmed, nothing to send)."""
     row = conn.execute(
-        "SELECT confirmed_hash, wanted_hash, state FROM labels WHERE station = ? AND label = ?", key
+        "SELECT confirmed_hash, wanted_hash, state, wanted_version FROM labels WHERE station = ? AND label = ?", key
     ).fetchone()
-    if row is None:
-        return False
+    if row is None or (row[3] is not None and version < row[3]):
+        return False  # a render of an older price, finished after a newer one: never go backwards
     now_ms = epoch_ms(utc_now())
     if row[0] == content_hash:
         conn.execute(

@@ -87,6 +87,7 @@ class LabelService(Service):
         self.queues: dict[str, StationQueue] = {}
         self._unavailable: dict[str, str] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._planning = asyncio.Lock()
         for config in self.gateway.config.label_stations:
             try:
                 station = make_station(config)
@@ -155,6 +156,10 @@ class LabelService(Service):
 
     async def plan(self, keys: list[plan.LabelKey]) -> int:
         """Render the labels at `keys` with their product's current price; queue those that must change."""
+        async with self._planning:  # one plan at a time: a later price is never overtaken by an earlier one
+            return await self._plan(keys)
+
+    async def _plan(self, keys: list[plan.LabelKey]) -> int:
         db = self.gateway.db
         rows = await db.read(functools.partial(plan.get_labels, keys=keys))
         now = utc_now()
