@@ -120,14 +120,14 @@ class LabelService(Service):
         keys = await self.gateway.db.read(plan.out_of_sync)
         if keys:
             log.info("labels: %d labels to bring in sync after start", len(keys))
-            await self.plan(keys)
+            await self.replan(keys)
 
     async def _on_prices(self, signal: PricesChanged) -> None:
         keys = await self.gateway.db.read(functools.partial(plan.labels_for_skus, skus=signal.skus))
-        await self.plan(keys)
+        await self.replan(keys)
 
     async def _on_labels(self, signal: plan.LabelsToPlan) -> None:
-        await self.plan(list(signal.keys))
+        await self.replan(list(signal.keys))
 
     async def _on_flash(self, signal: plan.FlashRequested) -> None:
         for station_id, label in signal.keys:
@@ -154,7 +154,7 @@ class LabelService(Service):
         await self.gateway.db.write(functools.partial(plan.set_display, key=row.key, spec=spec))
         return spec
 
-    async def plan(self, keys: list[plan.LabelKey]) -> int:
+    async def replan(self, keys: list[plan.LabelKey]) -> int:
         """Render the labels at `keys` with their product's current price; queue those that must change."""
         async with self._planning:  # one plan at a time: a later price is never overtaken by an earlier one
             return await self._plan(keys)

@@ -71,7 +71,7 @@ async def test_thousand_labels_three_waves_one_lossy_station(mosquitto: Mosquitt
     conn.close()
     assert len(rows) == 1000
     failed = {(r[0], r[1]) for r in rows if r[2] == "failed"}
-    for station, label, state, confirmed, wanted, confirmed_version, version, price in rows:
+    for _station, label, state, confirmed, wanted, confirmed_version, version, price in rows:
         if state == "failed":
             continue
         assert state == "confirmed", (label, state)
