@@ -95,11 +95,22 @@ _ROW = "station, label, sku, template, width, height, colours, state, wanted_has
 
 def get_labels(conn: sqlite3.Connection, keys: Iterable[LabelKey]) -> list[LabelRow]:
     rows = []
+    statement = f"SELECT {_ROW} FROM labels WHERE station = ? AND label = ?"
     for station, label in keys:
-        row = conn.execute(f"SELECT {_ROW} FROM labels WHERE station = ? AND label = ?", (station, label)).fetchone()
+        row = conn.execute(statement, (station, label)).fetchone()
         if row is not None:
             rows.append(LabelRow(*row))
     return rows
+
+
+def prices_of(conn: sqlite3.Connection, skus: Iterable[str]) -> dict[str, Price]:
+    """Current prices of many skus in one read."""
+    found = {}
+    for sku in skus:
+        price = get_price(conn, sku)
+        if price is not None:
+            found[sku] = price
+    return found
 
 
 def labels_for_skus(conn: sqlite3.Connection, skus: Iterable[str]) -> list[LabelKey]:

@@ -162,11 +162,12 @@ class LabelService(Service):
     async def _plan(self, keys: list[plan.LabelKey]) -> int:
         db = self.gateway.db
         rows = await db.read(functools.partial(plan.get_labels, keys=keys))
+        prices = await db.read(functools.partial(plan.prices_of, skus={row.sku for row in rows}))
         now = utc_now()
         jobs = []
         for row in rows:
-            spec = await self._display(row)
-            _, price = await db.read(functools.partial(plan.wanted, key=row.key))
+            price = prices.get(row.sku)
+            spec = row.display or await self._display(row)
             if spec is None or price is None:
                 continue
             jobs.append((row, spec, price, plan.content_for(price, now)))
