@@ -114,7 +114,13 @@ def _labels(conn: sqlite3.Connection) -> dict[str, Any] | None:
     return status_section(conn)
 
 
-SECTIONS: dict[str, Section] = {"labels": _labels}
+def _printing(conn: sqlite3.Connection) -> dict[str, Any] | None:
+    from gateway.printing.service import status_section
+
+    return status_section(conn)
+
+
+SECTIONS: dict[str, Section] = {"labels": _labels, "print_jobs": _printing}
 
 
 def collect(db_path: Path, config: Config | None = None) -> dict[str, Any]:

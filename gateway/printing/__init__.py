@@ -1,0 +1,1 @@
+"""Printing: ESC/POS documents and the durable print queue."""
