@@ -120,7 +120,13 @@ def _printing(conn: sqlite3.Connection) -> dict[str, Any] | None:
     return status_section(conn)
 
 
-SECTIONS: dict[str, Section] = {"labels": _labels, "print_jobs": _printing}
+def _shelves(conn: sqlite3.Connection) -> dict[str, Any] | None:
+    from gateway.shelves import status_section
+
+    return status_section(conn)
+
+
+SECTIONS: dict[str, Section] = {"labels": _labels, "print_jobs": _printing, "shelves": _shelves}
 
 
 def collect(db_path: Path, config: Config | None = None) -> dict[str, Any]:
