@@ -158,7 +158,7 @@ async def _seed(config: Config, broker_url: str, directory: Path) -> None:
     if config.label_stations:
         labels = {
             "items": [
-                {"label": f"demo-{p.sku.lower()}", "sku": p.sku, "station": config.label_stations[0].id}
+                {"label": p.sku.lower(), "sku": p.sku, "station": config.label_stations[0].id}
                 for p in products[:12]
             ]
         }

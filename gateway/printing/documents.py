@@ -223,7 +223,7 @@ def _shelf(page: _Page, doc: ShelfTicket, store: StoreHeader) -> None:
 def _test(page: _Page, doc: PrinterTestPage, store: StoreHeader) -> None:
     _header(page, store)
     page.text("Page de test", bold=True, big=True, center=True)
-    page.text("Accents : é è à ç ù ô — euro : 12,99 €")
+    page.text("Accents : é è à ç ù ô - euro : 12,99 €")
     page.text(f"{page.width} caractères par ligne".ljust(page.width, "."))
     if doc.note:
         page.text(doc.note)
