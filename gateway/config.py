@@ -265,6 +265,15 @@ class ShelfConfig(_Section):
     low: Annotated[int, Field(ge=0)] = 0
 
 
+class OrdersConfig(_Section):
+    """[orders]: click & collect, e-reservation and ship-from-store."""
+
+    printer: DeviceId | None = None
+    pick_to_light: bool = True
+    flash_color: Literal["red", "green", "blue", "yellow", "white", "cyan", "magenta"] = "green"
+    flash_seconds: Annotated[float, Field(gt=0, le=600)] = 60.0
+
+
 class LoggingConfig(_Section):
     """[logging]: how much the daemon says."""
 
@@ -283,6 +292,7 @@ class Config(_Section):
     sensors: list[SensorConfig] = []
     local_mqtt: LocalMqttConfig = LocalMqttConfig()
     shelves: list[ShelfConfig] = []
+    orders: OrdersConfig = OrdersConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @property
@@ -319,6 +329,8 @@ def _cross_checks(config: Config) -> list[str]:
     for index, scanner in enumerate(config.scanners):
         if scanner.printer is not None and scanner.printer not in printer_ids:
             problems.append(f'scanners[{index}].printer: no printer with id "{scanner.printer}"')
+    if config.orders.printer is not None and config.orders.printer not in printer_ids:
+        problems.append(f'orders.printer: no printer with id "{config.orders.printer}"')
     sensor_ids = {s.id for s in config.sensors}
     for index, shelf in enumerate(config.shelves):
         if shelf.sensor not in sensor_ids:

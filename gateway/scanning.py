@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from drivers.scanners import Framing, ScannerStatus, ScanReading
-from gateway import devices, outbox, stock
+from gateway import devices, orders, outbox, stock
 from gateway.codes import ScannedCode, interpret
 from gateway.config import ScannerConfig
 from gateway.money import display, from_minor
@@ -113,11 +113,17 @@ def record_scan(conn: sqlite3.Connection, scanner: str, mode: str, code: Scanned
         level = stock.get_level(conn, sku)
         outbox.append(conn, "stock", {**level.event("count"), "counted": counted}, now)
         return data
-    outbox.append(conn, "scan", data, now)
+    if mode == "pickup" and code.order:
+        data["result"] = orders.collect_by_scan(conn, code.order)
+    elif mode == "pickup" and sku:
+        picked = orders.pick(conn, sku)
+        data["result"] = "no open order needs this article" if picked is None else f"picked for order {picked[0]}"
+        if picked is not None and picked[1]:
+            data["result"] += ", order ready"
+            data["ready_order"] = picked[0]
+    outbox.append(conn, "scan", {k: v for k, v in data.items() if k != "ready_order"}, now)
     if mode in ("receive", "return") and sku:
         stock.move(conn, sku, 1, mode, ref=f"scan:{scanner}")
-    elif mode == "pickup" and code.order:
-        log.info("pickup scan of order %s recorded (orders are not wired in this build)", code.order)
     return data
 
 
@@ -171,8 +177,13 @@ class ScanningService(Service):
             await self.gateway.db.write(functools.partial(outbox.append, kind="scan", data=data, at=now))
             return
         try:
-            await self.gateway.db.write(
+            data = await self.gateway.db.write(
                 functools.partial(record_scan, scanner=config.id, mode=config.mode, code=code, now=now)
             )
         except ValueError as exc:
             log.warning("scanner %s: %s", config.id, exc)
+            return
+        if "ready_order" in data:
+            self.gateway.bus.publish(orders.OrderReady(data["ready_order"]))
+        if config.reply and "result" in data:
+            await scanner.reply(str(data["result"]))

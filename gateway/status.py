@@ -126,7 +126,18 @@ def _shelves(conn: sqlite3.Connection) -> dict[str, Any] | None:
     return status_section(conn)
 
 
-SECTIONS: dict[str, Section] = {"labels": _labels, "print_jobs": _printing, "shelves": _shelves}
+def _orders(conn: sqlite3.Connection) -> dict[str, Any] | None:
+    from gateway.orders import status_section
+
+    return status_section(conn)
+
+
+SECTIONS: dict[str, Section] = {
+    "labels": _labels,
+    "print_jobs": _printing,
+    "shelves": _shelves,
+    "orders": _orders,
+}
 
 
 def collect(db_path: Path, config: Config | None = None) -> dict[str, Any]:

@@ -66,12 +66,27 @@ def get_level(conn: sqlite3.Connection, sku: str) -> StockLevel:
     return StockLevel(sku, 0, 0) if row is None else StockLevel(sku, int(row[0]), int(row[1]))
 
 
-def move(conn: sqlite3.Connection, sku: str, delta: int, reason: str, ref: str | None = None) -> StockLevel:
-    """Add `delta` to on_hand (ledger row and `stock` event); refuse to go below zero."""
+def move(
+    conn: sqlite3.Connection,
+    sku: str,
+    delta: int,
+    reason: str,
+    ref: str | None = None,
+    *,
+    release: int = 0,
+) -> StockLevel:
+    """Add `delta` to on_hand and take `release` off reserved (ledger row, `stock` event).
+
+    Refused when on_hand would go below zero or below what is reserved for customers (a reserved
+    item that breaks must be taken off its order first).
+    """
     level = get_level(conn, sku)
-    if level.on_hand + delta < 0:
+    on_hand, reserved = level.on_hand + delta, level.reserved - release
+    if on_hand < 0:
         raise ValueError(f"would take on_hand of {sku} below 0 (on hand {level.on_hand}, delta {delta})")
-    return _write(conn, sku, level.on_hand + delta, level.reserved, None, delta, reason, ref)
+    if on_hand < reserved:
+        raise ValueError(f"would leave {on_hand} of {sku} on hand for {reserved} reserved")
+    return _write(conn, sku, on_hand, reserved, None, delta, reason, ref)
 
 
 def set_reserved(conn: sqlite3.Connection, sku: str, reserved: int, reason: str, ref: str | None = None) -> StockLevel:
