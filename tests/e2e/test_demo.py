@@ -16,6 +16,7 @@ import zxingcpp
 from PIL import Image
 
 from gateway.labels.render import DisplaySpec, LabelContent, content_hash, render
+from gateway.schema import validate_event
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "gateway"]
@@ -107,6 +108,8 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         kinds = {e["type"] for e in events}
         assert {"command_result", "label", "scan"} <= kinds, kinds
         assert all(e["store"] == "DEMO1" for e in events)
+        for event in events:
+            validate_event(event)
     finally:
         demo.send_signal(signal.SIGINT)
         demo.wait(30)

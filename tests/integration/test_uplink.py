@@ -30,6 +30,11 @@ from tests.peers.hq import GatewayProcess, head_office, running_gateway, write_c
 from tests.peers.mosquitto import MosquittoBroker
 
 
+def scan(n: int) -> dict[str, object]:
+    """A count-mode scan event, numbered through its code."""
+    return {"scanner": "aisle", "code": str(n), "sku": None, "mode": "count"}
+
+
 def read_db(path: Path, sql: str, *args: object) -> list[tuple[object, ...]]:
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
@@ -138,12 +143,12 @@ async def test_events_made_during_a_broker_outage_arrive_in_order(
     await asyncio.sleep(0.3)
     assert uplink.state == "offline"
     for start in range(0, 2000, 100):
-        await db.write(lambda conn, s=start: [outbox.append(conn, "scan", {"n": s + i}) for i in range(100)])
+        await db.write(lambda conn, s=start: [outbox.append(conn, "scan", scan(s + i)) for i in range(100)])
     own_mosquitto.start()
     async with head_office(own_mosquitto, "out1", client_id="hq-outage-test") as hq:
         events = await hq.count(lambda e: e["type"] == "scan", 2000, timeout=60)
     await stop_uplink(db, uplink, task)
-    assert [e["data"]["n"] for e in events] == list(range(2000))
+    assert [int(e["data"]["code"]) for e in events] == list(range(2000))
     assert len({e["id"] for e in events}) == 2000
     seqs = [e["seq"] for e in events]
     assert seqs == list(range(seqs[0], seqs[0] + 2000))
@@ -154,7 +159,7 @@ async def test_sigkill_mid_publish_loses_nothing(own_mosquitto: MosquittoBroker,
     config_path = write_config(tmp_path, own_mosquitto, store="kill1")
     total = 20_000
     db = StateDB(tmp_path / "state.db")
-    db.transaction(lambda conn: outbox.append_many(conn, "scan", ({"n": i} for i in range(total))))
+    db.transaction(lambda conn: outbox.append_many(conn, "scan", (scan(i) for i in range(total))))
     db.close_sync()
     ids = {r[0] for r in read_db(tmp_path / "state.db", "SELECT id FROM outbox")}
     gateway = GatewayProcess(config_path, tmp_path / "gateway.log")

@@ -22,6 +22,7 @@ from typing import Any
 import aiomqtt
 
 from gateway.config import Config, load_config
+from gateway.schema import validate_event
 from tests.peers.mosquitto import MosquittoBroker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,6 +75,7 @@ class HeadOffice:
     prefix: str = "retail"
     events: list[dict[str, Any]] = field(default_factory=list)
     states: list[dict[str, Any]] = field(default_factory=list)
+    invalid: list[str] = field(default_factory=list)
     _new: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def _collect(self) -> None:
@@ -82,6 +84,10 @@ class HeadOffice:
             if str(message.topic).endswith("/gateway/state"):
                 self.states.append(payload)
             else:
+                try:
+                    validate_event(payload)  # every event a test sees matches the documented models
+                except (ValueError, KeyError) as exc:
+                    self.invalid.append(f"{payload}: {exc}")
                 self.events.append(payload)
             self._new.set()
 
@@ -158,6 +164,7 @@ async def head_office(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                 await task
+        assert not office.invalid, "events that do not match gateway.schema:\n" + "\n".join(office.invalid[:5])
 
 
 @contextlib.asynccontextmanager
