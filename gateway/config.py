@@ -199,6 +199,29 @@ class ScannerConfig(_Section):
     printer: DeviceId | None = None
 
 
+class InStoreCodeRule(_Section):
+    """One restricted-circulation EAN-13 layout: prefix, item digits, value digits, check digit."""
+
+    prefix: Annotated[str, Field(pattern=r"^(0[2-9]|2[0-9])$")]
+    kind: Literal["price", "weight"]
+    item_digits: Annotated[int, Field(ge=1, le=9)] = 5
+    value_digits: Annotated[int, Field(ge=1, le=9)] = 5
+    decimals: Annotated[int, Field(ge=0, le=3)] = 2
+
+    @model_validator(mode="after")
+    def _fits(self) -> InStoreCodeRule:
+        if self.item_digits + self.value_digits != 10:
+            raise ValueError("item_digits + value_digits must be 10 (2 prefix digits + 10 + 1 check digit = 13)")
+        return self
+
+
+class CodesConfig(_Section):
+    """[codes]: what the store's own (in-store) EAN-13 codes mean; the default is a common French layout."""
+
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "EUR"
+    in_store: list[InStoreCodeRule] | None = None
+
+
 class LabelStationConfig(_Section):
     """[[label_stations]]: an OpenEPaperLink access point, the PNG simulator, or BLE (not yet)."""
 
@@ -293,6 +316,7 @@ class Config(_Section):
     local_mqtt: LocalMqttConfig = LocalMqttConfig()
     shelves: list[ShelfConfig] = []
     orders: OrdersConfig = OrdersConfig()
+    codes: CodesConfig = CodesConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @property

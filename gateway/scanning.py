@@ -21,13 +21,13 @@ from typing import Any
 
 from drivers.scanners import Framing, ScannerStatus, ScanReading
 from gateway import devices, orders, outbox, stock
-from gateway.codes import ScannedCode, interpret
+from gateway.codes import FRENCH_RULES, InStoreRule, InStoreRules, ScannedCode, interpret
 from gateway.config import ScannerConfig
 from gateway.money import display, from_minor
-from gateway.pricing import Price, find_by_gtin
+from gateway.pricing import Price, find_by_gtin, get_price
 from gateway.service import Service
 from gateway.supervisor import Device
-from gateway.timeutil import epoch_ms
+from gateway.timeutil import epoch_ms, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,11 @@ class ScanningService(Service):
     name = "scanning"
 
     def setup(self) -> None:
+        codes = self.gateway.config.codes
+        self.rules = FRENCH_RULES
+        if codes.in_store is not None:
+            rules = tuple(InStoreRule(**rule.model_dump()) for rule in codes.in_store)
+            self.rules = InStoreRules(rules, codes.currency)
         for scanner in self.gateway.config.scanners:
             self.gateway.add_task(
                 f"scanner:{scanner.id}", functools.partial(self.run_scanner, scanner), Device(scanner.id, "scanner")
@@ -156,6 +161,31 @@ class ScanningService(Service):
         finally:
             await scanner.close()
 
+    async def _print_return(self, config: ScannerConfig, scan: dict[str, Any]) -> None:
+        """A BORIS return at the desk: the return receipt on the scanner's printer."""
+        from gateway.printing.documents import StoreHeader
+        from gateway.printing.service import JobQueued, queue_job
+
+        printer = next((p for p in self.gateway.config.printers if p.id == config.printer), None)
+        if printer is None:
+            return
+        product = await self.gateway.db.read(functools.partial(get_price, sku=scan["sku"]))
+        store = self.gateway.config.store
+        receipt = {
+            "order": f"RETOUR-{config.id}-{utc_now():%Y%m%d-%H%M%S}",
+            "lines": [{"name": (product.name if product else "") or scan["sku"], "qty": 1, "sku": scan["sku"]}],
+            "refund": scan.get("price", "0.00"),
+            "currency": scan.get("currency", "EUR"),
+        }
+        header = StoreHeader(store.name, tuple(store.address), store.footer)
+        job = functools.partial(
+            queue_job, printer=printer, document="return_receipt", data=receipt, store=header, ref=scan["code"]
+        )
+        try:
+            await self.gateway.write(job, JobQueued(printer.id))
+        except ValueError as exc:
+            log.warning("scanner %s: return receipt not printed: %s", config.id, exc)
+
     def _status(self, scanner_id: str, status: ScannerStatus) -> None:
         state: devices.DeviceStatus = "online" if status.online else "offline"
         job = functools.partial(devices.report, device=scanner_id, kind="scanner", status=state, detail=status.detail)
@@ -165,7 +195,7 @@ class ScanningService(Service):
 
     async def handle(self, config: ScannerConfig, scanner: Any, reading: ScanReading) -> None:
         """One scan: interpret, answer from the cache first (the customer is waiting), then record."""
-        code = interpret(reading.raw, reading.symbology_id)
+        code = interpret(reading.raw, reading.symbology_id, self.rules)
         now = reading.received_at
         if code.problems and not code.known_kind:
             log.info("scanner %s: %r is not a code the store knows (%s)", config.id, reading.raw, code.problems[0])
@@ -185,5 +215,7 @@ class ScanningService(Service):
             return
         if "ready_order" in data:
             self.gateway.bus.publish(orders.OrderReady(data["ready_order"]))
+        if config.mode == "return" and config.printer and data.get("sku"):
+            await self._print_return(config, data)
         if config.reply and "result" in data:
             await scanner.reply(str(data["result"]))

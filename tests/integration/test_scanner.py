@@ -169,3 +169,61 @@ async def test_scan_modes_end_to_end(mosquitto: MosquittoBroker, tmp_path: Path)
         ("receive", 1),
     ]
     conn.close()
+
+
+async def test_boris_return_scan_prints_a_receipt_and_in_store_rules_come_from_config(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    from tests.peers.escpos_printer import EscposPrinterPeer, text_of
+
+    desk = PtyScanner(tmp_path, "desk")
+    printer = EscposPrinterPeer()
+    extra = f"""
+[[printers]]
+id = "desk-printer"
+url = "{printer.url}"
+
+[[scanners]]
+id = "desk"
+port = "{desk.path}"
+mode = "return"
+printer = "desk-printer"
+
+[codes]
+in_store = [{{ prefix = "21", kind = "weight", decimals = 3 }}]
+"""
+    config = write_config(tmp_path, mosquitto, store="ret1", extra=extra)
+    try:
+        async with head_office(mosquitto, "ret1") as hq, running_gateway(config):
+            await hq.wait_for(lambda s: s.get("state") == "online")
+            items = [
+                {
+                    "sku": "N1",
+                    "price": "5.49",
+                    "currency": "EUR",
+                    "gtin": "3017620422003",
+                    "name": "Pâte à tartiner",
+                    "version": 1,
+                },
+                {
+                    "sku": "CHEESE",
+                    "price": "26.00",
+                    "currency": "EUR",
+                    "gtin": "2123456000009",
+                    "name": "Comté",
+                    "version": 1,
+                },
+            ]
+            await hq.command("price.set", {"items": items})
+            desk.scan("3017620422003")
+            returned = await hq.wait_for(lambda e: e.get("type") == "stock" and e["data"]["reason"] == "return")
+            assert returned["data"]["on_hand"] == 1
+            await hq.wait_for(lambda e: e.get("type") == "print" and e["data"]["status"] == "printed")
+            assert "Retour" in text_of(printer.jobs[0]) and "Pâte à tartiner" in text_of(printer.jobs[0])
+            assert "5,49 €" in text_of(printer.jobs[0])
+            desk.scan("2123456012996")  # prefix 21 set to weight by [codes]: 1.299 kg of CHEESE
+            scan = await hq.wait_for(lambda e: e.get("type") == "scan" and e["data"]["code"] == "2123456012996")
+            assert scan["data"]["sku"] == "CHEESE" and scan["data"]["net_weight_g"] == 1299
+    finally:
+        desk.close()
+        printer.close()
