@@ -319,6 +319,31 @@ def apply_due(conn: sqlite3.Connection, now: datetime) -> list[str]:
     return list(dict.fromkeys(changed))
 
 
+def scheduled_prices(conn: sqlite3.Connection, skus: Iterable[str]) -> list[Price]:
+    """The prices waiting for their instant, as they will read then (catalogue data from the cache)."""
+    found = []
+    for sku in dict.fromkeys(skus):
+        current = get_price(conn, sku)
+        for (item_json,) in conn.execute("SELECT item FROM price_schedule WHERE sku = ? ORDER BY version", (sku,)):
+            item = PriceItem.model_validate(json.loads(item_json))
+            row = _row(item, 0)
+            found.append(
+                Price(
+                    sku=item.sku,
+                    gtin=item.gtin or (current.gtin if current else None),
+                    name=item.name or (current.name if current else ""),
+                    currency=item.currency,
+                    price_minor=row[4],
+                    promo_price_minor=row[5],
+                    promo_until=None if row[6] is None else from_epoch_ms(row[6]),
+                    net_quantity=row[7] if row[7] is not None else (current.net_quantity if current else None),
+                    net_unit=item.net_unit or (current.net_unit if current else None),
+                    version=item.version,
+                )
+            )
+    return found
+
+
 def next_due(conn: sqlite3.Connection) -> datetime | None:
     """The instant of the next scheduled price, if any."""
     row = conn.execute("SELECT min(valid_from_ms) FROM price_schedule").fetchone()

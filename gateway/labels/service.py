@@ -25,8 +25,8 @@ from drivers.labels import LabelNotFound, LabelStation, TagInfo
 from gateway import devices
 from gateway.config import LabelStationConfig
 from gateway.labels import plan
-from gateway.labels.render import DisplaySpec, render
-from gateway.pricing import PricesChanged
+from gateway.labels.render import DisplaySpec, RenderedLabel, render
+from gateway.pricing import PricesChanged, PricesScheduled, scheduled_prices
 from gateway.service import Service
 from gateway.supervisor import Device
 from gateway.timeutil import utc_now
@@ -88,6 +88,9 @@ class LabelService(Service):
         self._unavailable: dict[str, str] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._planning = asyncio.Lock()
+        # labels of scheduled prices, rendered ahead: (station, label, version) -> rendered label
+        self.prerendered: dict[tuple[str, str, int], RenderedLabel] = {}
+        self.prerender_hits = 0
         for config in self.gateway.config.label_stations:
             try:
                 station = make_station(config)
@@ -105,6 +108,7 @@ class LabelService(Service):
         self.gateway.dispatcher.register("label.assign", plan.LabelAssign, plan.make_assign_handler(stations))
         self.gateway.dispatcher.register("label.flash", plan.LabelFlash, plan.handle_flash)
         self.gateway.bus.subscribe(PricesChanged, self._on_prices)
+        self.gateway.bus.subscribe(PricesScheduled, self._on_scheduled)
         self.gateway.bus.subscribe(plan.LabelsToPlan, self._on_labels)
         self.gateway.bus.subscribe(plan.FlashRequested, self._on_flash)
         self.gateway.add_task("labels:start", self.start)
@@ -125,6 +129,26 @@ class LabelService(Service):
     async def _on_prices(self, signal: PricesChanged) -> None:
         keys = await self.gateway.db.read(functools.partial(plan.labels_for_skus, skus=signal.skus))
         await self.replan(keys)
+
+    async def _on_scheduled(self, signal: PricesScheduled) -> None:
+        """Render the labels of prices that take effect later now, so they go out at the instant."""
+        db = self.gateway.db
+        keys = await db.read(functools.partial(plan.labels_for_skus, skus=signal.skus))
+        rows = await db.read(functools.partial(plan.get_labels, keys=keys))
+        future = await db.read(functools.partial(scheduled_prices, skus=signal.skus))
+        jobs = []
+        for row in rows:
+            spec = row.display or await self._display(row)
+            for price in future:
+                if spec is not None and price.sku == row.sku:
+                    jobs.append((row.key, price.version, plan.content_for(price, utc_now()), spec))
+        rendered = await asyncio.to_thread(lambda: [render(content, spec) for _, _, content, spec in jobs])
+        if len(self.prerendered) > 200_000:  # superseded schedules are never popped: keep memory bounded
+            self.prerendered.clear()
+        for (key, version, _, _), label in zip(jobs, rendered, strict=True):
+            self.prerendered[(key[0], key[1], version)] = label
+        if jobs:
+            log.info("labels: %d labels rendered ahead for scheduled prices", len(jobs))
 
     async def _on_labels(self, signal: plan.LabelsToPlan) -> None:
         await self.replan(list(signal.keys))
@@ -173,7 +197,19 @@ class LabelService(Service):
             jobs.append((row, spec, price, plan.content_for(price, now)))
         if not jobs:
             return 0
-        rendered = await asyncio.to_thread(lambda: [render(content, spec) for _, spec, _, content in jobs])
+
+        def draw() -> list[RenderedLabel]:
+            out = []
+            for row, spec, price, content in jobs:
+                ahead = self.prerendered.pop((row.station, row.label, price.version), None)
+                if ahead is not None and ahead.image.size == (spec.width, spec.height):
+                    self.prerender_hits += 1
+                    out.append(ahead)
+                else:
+                    out.append(render(content, spec))
+            return out
+
+        rendered = await asyncio.to_thread(draw)
 
         def record(conn: sqlite3.Connection) -> list[bool]:
             return [
