@@ -63,6 +63,30 @@ class OrderRef(CommandModel):
     expires_at: str | None = None
 
 
+class ReturnLine(CommandModel):
+    sku: Sku
+    qty: Annotated[int, Field(ge=1, le=10_000)] = 1
+    condition: Literal["resaleable", "damaged"] = "resaleable"
+
+
+class OrderReturn(CommandModel):
+    """`order.return` data (BORIS: bought online, returned in store)."""
+
+    order: OrderId
+    lines: Annotated[list[ReturnLine], Field(min_length=1, max_length=500)]
+    refund: Annotated[str, Field(pattern=r"^\d{1,9}(\.\d{1,3})?$")] | None = None
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "EUR"
+    reason: Annotated[str, Field(max_length=80)] | None = None
+
+
+@dataclass(frozen=True)
+class OrderReturned:
+    """Signal: print the return receipt."""
+
+    order: str
+    data: OrderReturn
+
+
 @dataclass(frozen=True)
 class OrderReserved:
     """Signal: print the pick list and light the labels."""
@@ -240,6 +264,23 @@ def _open_order(context: CommandContext, order: str) -> None:
         raise CommandRejected([FieldError("data.order", f'order "{order}" is {status} already')])
 
 
+def take_back(conn: sqlite3.Connection, data: OrderReturn) -> None:
+    """A return: resaleable units go back on hand; damaged ones are recorded, not sold again."""
+    for line in data.lines:
+        if line.condition == "resaleable":
+            stock.move(conn, line.sku, line.qty, "return", ref=data.order)
+        else:
+            stock.move(conn, line.sku, 0, "return_damaged", ref=data.order)
+    lines = [{"sku": line.sku, "qty": line.qty, "reserved": 0, "picked": 0} for line in data.lines]
+    outbox.append(conn, "order", {"order": data.order, "status": "returned", "lines": lines})
+
+
+def handle_return(context: CommandContext, data: OrderReturn) -> Outcome:
+    take_back(context.conn, data)
+    context.after_commit(OrderReturned(data.order, data))
+    return Outcome(applied=len(data.lines))
+
+
 def handle_cancel(context: CommandContext, data: OrderRef) -> Outcome:
     _open_order(context, data.order)
     release(context.conn, data.order, "cancelled")
@@ -269,6 +310,8 @@ class OrderService(Service):
         dispatcher.register("order.reserve", OrderReserve, handle_reserve)
         dispatcher.register("order.cancel", OrderRef, handle_cancel)
         dispatcher.register("order.collected", OrderRef, handle_collected)
+        dispatcher.register("order.return", OrderReturn, handle_return)
+        self.gateway.bus.subscribe(OrderReturned, self._on_returned)
         self._changed = asyncio.Event()
         self.gateway.bus.subscribe(OrderReserved, self._on_reserved)
         self.gateway.bus.subscribe(OrderReady, self._on_ready)
@@ -310,14 +353,25 @@ class OrderService(Service):
                 self.gateway.bus.publish(FlashRequested(tuple(keys), config.flash_color, config.flash_seconds))
 
     async def _on_ready(self, signal: OrderReady) -> None:
-        def read(conn: sqlite3.Connection) -> tuple[str | None, list[dict[str, Any]]]:
-            row = conn.execute("SELECT customer FROM orders WHERE order_id = ?", (signal.order,)).fetchone()
-            return (None if row is None else row[0]), _lines(conn, signal.order)
+        def read(conn: sqlite3.Connection) -> tuple[str | None, str, list[dict[str, Any]]]:
+            row = conn.execute("SELECT customer, mode FROM orders WHERE order_id = ?", (signal.order,)).fetchone()
+            return (None if row is None else row[0]), ("collect" if row is None else row[1]), _lines(conn, signal.order)
 
-        customer, lines = await self.gateway.db.read(read)
+        customer, mode, lines = await self.gateway.db.read(read)
         slip_lines = [{"name": line["sku"], "qty": line["qty"], "sku": line["sku"]} for line in lines]
-        await self._print("pickup_slip", {"order": signal.order, "customer": customer or "-", "lines": slip_lines},
-                          signal.order)  # fmt: skip
+        title = "Bordereau d'expédition" if mode == "ship" else "Retrait commande"
+        slip = {"order": signal.order, "customer": customer or "-", "lines": slip_lines, "title": title}
+        await self._print("pickup_slip", slip, signal.order)
+
+    async def _on_returned(self, signal: OrderReturned) -> None:
+        data = signal.data
+        lines = [{"name": line.sku + (" (abîmé)" if line.condition == "damaged" else ""), "qty": line.qty}
+                 for line in data.lines]  # fmt: skip
+        receipt: dict[str, Any] = {"order": data.order, "lines": lines, "refund": data.refund or "0.00",
+                                   "currency": data.currency}  # fmt: skip
+        if data.reason:
+            receipt["reason"] = data.reason
+        await self._print("return_receipt", receipt, data.order)
 
     async def run_expiry(self) -> None:
         db = self.gateway.db

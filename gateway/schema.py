@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway import __version__
 from gateway.commands import CommandModel, Envelope
 from gateway.labels.plan import LabelAssign, LabelFlash
-from gateway.orders import OrderRef, OrderReserve
+from gateway.orders import OrderRef, OrderReserve, OrderReturn
 from gateway.pricing import PriceSet
 from gateway.printing.service import PrintCommand
 from gateway.stock import StockAdjust, StockSet
@@ -112,7 +112,7 @@ class OrderLineData(_Event):
 
 class OrderData(_Event):
     order: str
-    status: Literal["reserved", "ready", "collected", "cancelled", "expired"]
+    status: Literal["reserved", "ready", "collected", "cancelled", "expired", "returned"]
     lines: list[OrderLineData]
 
 
@@ -152,6 +152,7 @@ COMMANDS: dict[str, type[CommandModel]] = {
     "order.reserve": OrderReserve,
     "order.cancel": OrderRef,
     "order.collected": OrderRef,
+    "order.return": OrderReturn,
 }
 
 EVENTS: dict[str, type[_Event]] = {

@@ -108,3 +108,46 @@ async def test_e_reservation_expires_also_across_a_restart(mosquitto: MosquittoB
     conn = sqlite3.connect(tmp_path / "state.db")
     assert conn.execute("SELECT on_hand, reserved FROM stock WHERE sku = 'A1'").fetchone() == (4, 0)
     conn.close()
+
+
+async def test_ship_from_store_and_boris_return(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    printer = EscposPrinterPeer()
+    picker = PtyScanner(tmp_path, "picker")
+    extra = STORE_DEVICES.format(printer=printer.url, picker=picker.path, labels=tmp_path / "labels")
+    config = write_config(tmp_path, mosquitto, store="sfs1", extra=extra)
+    try:
+        async with head_office(mosquitto, "sfs1") as hq, running_gateway(config):
+            await hq.wait_for(lambda s: s.get("state") == "online")
+            await hq.command("price.set", {"items": PRODUCTS})
+            await hq.command("stock.set", {"items": [{"sku": "A1", "on_hand": 5, "version": 1}]})
+            order = {"order": "SHIP-5", "customer": "M. Bernard", "mode": "ship",
+                     "lines": [{"sku": "A1", "qty": 1, "location": "B-12-3"}]}  # fmt: skip
+            assert (await hq.command("order.reserve", order))["status"] == "applied"
+            picker.scan("3017620422003")
+            assert "order ready" in await asyncio.to_thread(picker.read_line)
+            await hq.wait_for(lambda e: e.get("type") == "order" and e["data"]["status"] == "ready")
+            for _ in range(100):
+                if len(printer.jobs) >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert "[B-12-3]" in text_of(printer.jobs[0])  # the pick list carries the bin location
+            assert "Bordereau d'expédition" in text_of(printer.jobs[1])
+            # BORIS: a web order brought back to the store, one article resaleable, one damaged
+            back = {"order": "WEB-77", "refund": "6.79", "reason": "ne convient pas",
+                    "lines": [{"sku": "A1", "qty": 1}, {"sku": "B2", "qty": 1, "condition": "damaged"}]}  # fmt: skip
+            assert (await hq.command("order.return", back))["status"] == "applied"
+            returned = await hq.wait_for(lambda e: e.get("type") == "order" and e["data"]["status"] == "returned")
+            assert returned["data"]["order"] == "WEB-77"
+            stock = await hq.wait_for(lambda e: e.get("type") == "stock" and e["data"]["reason"] == "return")
+            assert (stock["data"]["sku"], stock["data"]["on_hand"]) == ("A1", 6)
+            damaged = await hq.wait_for(lambda e: e.get("type") == "stock" and e["data"]["reason"] == "return_damaged")
+            assert damaged["data"]["sku"] == "B2" and damaged["data"]["on_hand"] == 0
+            for _ in range(100):
+                if len(printer.jobs) >= 3:
+                    break
+                await asyncio.sleep(0.05)
+            receipt = text_of(printer.jobs[2])
+            assert "Retour" in receipt and "6,79 €" in receipt and "abîmé" in receipt
+    finally:
+        printer.close()
+        picker.close()
