@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from drivers.sensors import SensorReading
 from drivers.sensors.bthome import BthomeSensor, BthomeSensors
 from tests.peers.bluez import FakeBlueZ, bthome_encrypted, bthome_frame
+from tests.peers.streams import collecting
 
 pytestmark = pytest.mark.skipif(shutil.which("dbus-daemon") is None, reason="dbus-daemon missing (Debian: dbus-daemon)")
 
@@ -28,27 +27,9 @@ def bluez(tmp_path: Path) -> Iterator[FakeBlueZ]:
     fake.stop()
 
 
-@contextlib.asynccontextmanager
-async def scanning(sensors: BthomeSensors) -> AsyncIterator[asyncio.Queue[SensorReading]]:
-    queue: asyncio.Queue[SensorReading] = asyncio.Queue()
-
-    async def pump() -> None:
-        async for reading in sensors.readings():
-            queue.put_nowait(reading)
-
-    task = asyncio.create_task(pump())
-    await asyncio.sleep(0.5)  # the scanner is set up on the bus
-    try:
-        yield queue
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 async def test_plain_and_encrypted_frames_and_repeats(bluez: FakeBlueZ) -> None:
     sensors = BthomeSensors([BthomeSensor("shelf-a1", SCALE), BthomeSensor("shelf-b2", SECRET_SCALE, KEY)])
-    async with scanning(sensors) as queue:
+    async with collecting(sensors.readings(), settle_s=0.5) as queue:  # the scanner sets up on the bus
         bluez.advertise(SCALE, bthome_frame(7, mass_kg=44.64, battery=93))
         first = await asyncio.wait_for(queue.get(), 5)
         assert (first.sensor_id, first.weight_g, first.battery_pct, first.packet_id) == ("shelf-a1", 44640.0, 93, 7)
@@ -60,7 +41,9 @@ async def test_plain_and_encrypted_frames_and_repeats(bluez: FakeBlueZ) -> None:
         secret = await asyncio.wait_for(queue.get(), 5)
         assert (secret.sensor_id, secret.weight_g) == ("shelf-b2", 12340.0)
         wrong = bytes(16)
-        bluez.advertise(SECRET_SCALE, bthome_encrypted(SECRET_SCALE, wrong, counter=2, packet_id=2, mass_kg=99.0), rssi=-70)
+        bluez.advertise(
+            SECRET_SCALE, bthome_encrypted(SECRET_SCALE, wrong, counter=2, packet_id=2, mass_kg=99.0), rssi=-70
+        )
         await asyncio.sleep(0.5)
         assert queue.empty()
     assert sensors.dropped >= 2

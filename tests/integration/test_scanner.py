@@ -15,6 +15,7 @@ from drivers.scanners.serial import SerialScanner
 from tests.peers.hq import head_office, running_gateway, write_config
 from tests.peers.mosquitto import MosquittoBroker
 from tests.peers.pty_scanner import PtyScanner
+from tests.peers.streams import collecting
 
 
 @pytest.fixture
@@ -26,20 +27,11 @@ def pty(tmp_path: Path) -> AsyncIterator[PtyScanner]:
 
 @contextlib.asynccontextmanager
 async def reading(scanner: SerialScanner) -> AsyncIterator[asyncio.Queue[ScanReading]]:
-    queue: asyncio.Queue[ScanReading] = asyncio.Queue()
-
-    async def pump() -> None:
-        async for item in scanner.readings():
-            queue.put_nowait(item)
-
-    task = asyncio.create_task(pump())
-    try:
-        yield queue
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await scanner.close()
+    async with collecting(scanner.readings()) as queue:
+        try:
+            yield queue
+        finally:
+            await scanner.close()
 
 
 async def next_code(queue: asyncio.Queue[ScanReading]) -> ScanReading:
