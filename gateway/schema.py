@@ -20,6 +20,7 @@ from gateway.labels.plan import LabelAssign, LabelFlash
 from gateway.orders import OrderRef, OrderReserve, OrderReturn
 from gateway.pricing import PriceSet
 from gateway.printing.service import PrintCommand
+from gateway.shelves import ShelfSet
 from gateway.stock import StockAdjust, StockSet
 
 Money = Annotated[str, Field(pattern=r"^-?\d+(\.\d+)?$", description='a decimal string such as "12.99"')]
@@ -153,6 +154,7 @@ COMMANDS: dict[str, type[CommandModel]] = {
     "order.cancel": OrderRef,
     "order.collected": OrderRef,
     "order.return": OrderReturn,
+    "shelf.set": ShelfSet,
 }
 
 EVENTS: dict[str, type[_Event]] = {

@@ -21,10 +21,13 @@ import sqlite3
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
 
 from drivers.sensors import SensorReading, SourceStatus
 from gateway import devices, outbox, stock
+from gateway.commands import CommandContext, CommandModel, CommandRejected, FieldError, Outcome
 from gateway.config import SensorConfig, ShelfConfig
 from gateway.service import Service
 from gateway.supervisor import Device
@@ -159,6 +162,57 @@ def record_change(conn: sqlite3.Connection, sensor: str, slot: ShelfConfig, chan
         )
 
 
+class ShelfSlot(CommandModel):
+    sensor: Annotated[str, Field(min_length=1, max_length=64)]
+    sku: Annotated[str, Field(min_length=1, max_length=64)]
+    unit_weight_g: Annotated[float, Field(gt=0)]
+    tare_g: Annotated[float, Field(ge=0)] = 0.0
+    capacity: Annotated[int, Field(gt=0)]
+    low: Annotated[int, Field(ge=0)] = 0
+
+
+class ShelfSet(CommandModel):
+    """`shelf.set` data: slots head office sets (sensor -> sku, weights, capacity, low threshold)."""
+
+    items: Annotated[list[ShelfSlot], Field(min_length=1, max_length=1000)]
+
+
+@dataclass(frozen=True)
+class SlotsChanged:
+    slots: tuple[ShelfConfig, ...]
+
+
+def stored_slots(conn: sqlite3.Connection) -> list[ShelfConfig]:
+    rows = conn.execute("SELECT sensor, sku, unit_weight_g, tare_g, capacity, low FROM shelf_slots")
+    return [ShelfConfig(sensor=r[0], sku=r[1], unit_weight_g=r[2], tare_g=r[3], capacity=r[4], low=r[5]) for r in rows]
+
+
+def make_shelf_set_handler(sensors: set[str]) -> Any:
+    def handle(context: CommandContext, data: ShelfSet) -> Outcome:
+        errors = []
+        for index, item in enumerate(data.items):
+            if item.sensor not in sensors:
+                errors.append(FieldError(f"data.items[{index}].sensor", f'no sensor "{item.sensor}" in this store'))
+            if item.low >= item.capacity:
+                errors.append(FieldError(f"data.items[{index}].low", f"must be below capacity ({item.capacity})"))
+        if errors:
+            raise CommandRejected(errors)
+        now_ms = epoch_ms(context.now)
+        for item in data.items:
+            context.conn.execute(
+                "INSERT INTO shelf_slots (sensor, sku, unit_weight_g, tare_g, capacity, low, updated_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sensor, sku) DO UPDATE SET "
+                "unit_weight_g = excluded.unit_weight_g, tare_g = excluded.tare_g, capacity = excluded.capacity, "
+                "low = excluded.low, updated_ms = excluded.updated_ms",
+                (item.sensor, item.sku, item.unit_weight_g, item.tare_g, item.capacity, item.low, now_ms),
+            )
+        slots = tuple(ShelfConfig.model_validate(item.model_dump()) for item in data.items)
+        context.after_commit(SlotsChanged(slots))
+        return Outcome(applied=len(data.items))
+
+    return handle
+
+
 def load_state(conn: sqlite3.Connection) -> dict[tuple[str, str], tuple[int, str]]:
     return {
         (r[0], r[1]): (int(r[2]), str(r[3])) for r in conn.execute("SELECT sensor, sku, units, level FROM shelf_state")
@@ -182,8 +236,11 @@ class ShelfService(Service):
         self.sensors: dict[str, SensorConfig] = {s.id: s for s in config.sensors}
         self.trackers: dict[str, list[ShelfTracker]] = {}
         for slot in config.shelves:
-            self.trackers.setdefault(slot.sensor, []).append(ShelfTracker(slot))
+            self._set_slot(slot)
+        self.gateway.dispatcher.register("shelf.set", ShelfSet, make_shelf_set_handler(set(self.sensors)))
+        self.gateway.bus.subscribe(SlotsChanged, self._on_slots)
         self.watches = {s.id: SilenceWatch(s.expected_interval_s) for s in config.sensors}
+        self._restored = False
         self._tasks: set[asyncio.Task[Any]] = set()
         mqtt = [s for s in config.sensors if s.backend == "mqtt"]
         ble = [s for s in config.sensors if s.backend == "bthome"]
@@ -196,7 +253,22 @@ class ShelfService(Service):
         if config.sensors:
             self.gateway.add_task("sensors:silence", self.watch_silence)
 
+    def _set_slot(self, slot: ShelfConfig) -> None:
+        """Add a slot, or replace the one of the same sensor and sku (head office overrides config)."""
+        trackers = self.trackers.setdefault(slot.sensor, [])
+        trackers[:] = [t for t in trackers if t.slot.sku != slot.sku]
+        trackers.append(ShelfTracker(slot))
+
+    async def _on_slots(self, signal: SlotsChanged) -> None:
+        for slot in signal.slots:
+            self._set_slot(slot)
+
     async def _restore(self) -> None:
+        if self._restored:
+            return
+        self._restored = True
+        for slot in await self.gateway.db.read(stored_slots):
+            self._set_slot(slot)
         state = await self.gateway.db.read(load_state)
         for sensor, trackers in self.trackers.items():
             for tracker in trackers:

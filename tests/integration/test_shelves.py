@@ -63,3 +63,23 @@ async def test_weights_to_shelf_events_replenishment_and_silence(mosquitto: Mosq
             assert "silent" in offline["data"]["detail"]
         shelves = [e["data"]["units"] for e in hq.events if e["type"] == "shelf"]
         assert shelves == [12, 2, 12]
+
+
+async def test_head_office_sets_a_shelf_slot(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    config = write_config(tmp_path, mosquitto, store="shelf2", extra=SHELF.format(url=mosquitto.url))
+    async with head_office(mosquitto, "shelf2") as hq:
+        async with running_gateway(config):
+            await hq.wait_for(lambda s: s.get("state") == "online")
+            slot = {"sensor": "shelf-a1", "sku": "A1", "unit_weight_g": 750, "tare_g": 100, "capacity": 8, "low": 2}
+            assert (await hq.command("shelf.set", {"items": [slot]}))["status"] == "applied"
+            bad = await hq.command("shelf.set", {"items": [{**slot, "sensor": "nope"}, {**slot, "low": 9}]})
+            assert [e["field"] for e in bad["errors"]] == ["data.items[0].sensor", "data.items[1].low"]
+        async with running_gateway(config):  # kept across a restart
+            await hq.wait_for(lambda s: s.get("state") == "online" and s["started_at"] != hq.states[0]["started_at"])
+            async with aiomqtt.Client(mosquitto.host, mosquitto.port) as sensor:
+                await asyncio.sleep(0.3)
+                for _ in range(6):
+                    await sensor.publish("sensors/shelf-a1", json.dumps({"weight_g": 100 + 5 * 750}).encode())
+                    await asyncio.sleep(0.02)
+                shelf = await hq.wait_for(lambda e: e.get("type") == "shelf")
+                assert shelf["data"] == {"sensor": "shelf-a1", "sku": "A1", "units": 5, "level": "ok"}
