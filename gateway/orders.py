@@ -205,7 +205,8 @@ def pick(conn: sqlite3.Connection, sku: str) -> tuple[str, bool] | None:
     """One unit of `sku` picked for the oldest open order that still needs it; (order, now ready?)."""
     row = conn.execute(
         "SELECT l.order_id FROM order_lines l JOIN orders o ON o.order_id = l.order_id "
-        "WHERE l.sku = ? AND o.status = 'reserved' AND l.picked < l.reserved ORDER BY o.created_ms LIMIT 1",
+        "WHERE l.sku = ? AND o.status = 'reserved' AND l.picked < l.reserved "
+        "ORDER BY o.mode = 'express' DESC, coalesce(o.deadline_ms, o.created_ms), o.created_ms LIMIT 1",
         (sku,),
     ).fetchone()
     if row is None:
@@ -342,8 +343,18 @@ class OrderService(Service):
             if line.get("location"):
                 item["location"] = line["location"]
             pick_list.append(item)
-        await self._print("pickup_slip", {"order": signal.order, "customer": "-", "lines": pick_list,
-                                          "title": "Liste de préparation"}, signal.order)  # fmt: skip
+        deadline = await self.gateway.db.read(
+            lambda conn: conn.execute(
+                "SELECT deadline_ms FROM orders WHERE order_id = ? AND mode = 'express'", (signal.order,)
+            ).fetchone()
+        )
+        title = "Liste de préparation"
+        if deadline is not None and deadline[0] is not None:
+            local = from_epoch_ms(int(deadline[0])).astimezone(self.gateway.timezone)
+            title = f"EXPRESS avant {local:%H:%M}"
+        await self._print(
+            "pickup_slip", {"order": signal.order, "customer": "-", "lines": pick_list, "title": title}, signal.order
+        )
         config = self.gateway.config.orders
         if config.pick_to_light:
             from gateway.labels.plan import FlashRequested, labels_for_skus

@@ -119,13 +119,17 @@ class OrderData(_Event):
 
 class ReplenishmentData(_Event):
     sku: str
-    sensor: str
+    source: Literal["shelf", "stock"] = "shelf"
     status: Literal["needed", "restored"]
     level: Literal["ok", "low", "empty"]
-    shelf_units: int
+    sensor: str | None = None
+    shelf_units: int | None = None
     capacity: int | None = None
     back_store_available: int | None = None
     to_bring: int | None = None
+    available: int | None = None
+    min: int | None = None
+    to_order: int | None = None
 
 
 class EventEnvelope(_Event):

@@ -139,6 +139,7 @@ def record_change(conn: sqlite3.Connection, sensor: str, slot: ShelfConfig, chan
             "replenishment",
             {
                 "sku": slot.sku,
+                "source": "shelf",
                 "sensor": sensor,
                 "status": "needed",
                 "level": change.level,
@@ -154,6 +155,7 @@ def record_change(conn: sqlite3.Connection, sensor: str, slot: ShelfConfig, chan
             "replenishment",
             {
                 "sku": slot.sku,
+                "source": "shelf",
                 "sensor": sensor,
                 "status": "restored",
                 "level": change.level,

@@ -25,6 +25,7 @@ class StockItem(CommandModel):
     sku: Sku
     on_hand: Annotated[int, Field(ge=0, le=10_000_000)]
     version: Annotated[int, Field(ge=0)]
+    min: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
 
 
 class StockSet(CommandModel):
@@ -111,6 +112,7 @@ def _write(
 ) -> StockLevel:
     now = utc_now()
     now_ms = epoch_ms(now)
+    before = conn.execute("SELECT on_hand - reserved, min_stock FROM stock WHERE sku = ?", (sku,)).fetchone()
     conn.execute(
         "INSERT INTO stock (sku, on_hand, reserved, version, updated_ms) VALUES (?, ?, ?, coalesce(?, 0), ?) "
         "ON CONFLICT (sku) DO UPDATE SET on_hand = excluded.on_hand, reserved = excluded.reserved, "
@@ -124,7 +126,45 @@ def _write(
         )
     level = StockLevel(sku, on_hand, reserved)
     outbox.append(conn, "stock", level.event(reason), now)
+    if before is not None and before[1] is not None:
+        check_minimum(conn, sku, int(before[0]), level.available, int(before[1]))
     return level
+
+
+def check_minimum(conn: sqlite3.Connection, sku: str, was: int, now: int, minimum: int) -> None:
+    """One `replenishment` event when available falls below the sku's minimum, one when it is back."""
+    if was >= minimum > now:
+        outbox.append(
+            conn,
+            "replenishment",
+            {
+                "sku": sku,
+                "source": "stock",
+                "status": "needed",
+                "level": "empty" if now <= 0 else "low",
+                "available": now,
+                "min": minimum,
+                "to_order": minimum - now,
+            },
+        )
+    elif was < minimum <= now:
+        level = "ok"
+        outbox.append(
+            conn,
+            "replenishment",
+            {"sku": sku, "source": "stock", "status": "restored", "level": level, "available": now, "min": minimum},
+        )
+
+
+def set_minimum(conn: sqlite3.Connection, sku: str, minimum: int) -> None:
+    row = conn.execute("SELECT on_hand - reserved, min_stock FROM stock WHERE sku = ?", (sku,)).fetchone()
+    conn.execute("UPDATE stock SET min_stock = ? WHERE sku = ?", (minimum, sku))
+    if row is not None:
+        previous = row[1] if row[1] is not None else 0
+        available = int(row[0])
+        # a new minimum above what is available is a shortage from now on
+        if available < minimum and not available < previous:
+            check_minimum(conn, sku, minimum, available, minimum)
 
 
 @dataclass(frozen=True)
@@ -154,6 +194,8 @@ def handle_stock_set(context: CommandContext, data: StockSet) -> Outcome:
             "set",
             context.command_id,
         )
+        if item.min is not None:
+            set_minimum(context.conn, item.sku, item.min)
         outcome.applied += 1
         changed.append(item.sku)
     if changed:

@@ -109,3 +109,26 @@ def test_available_never_negative_whatever_happens(tmp_path_factory: pytest.Temp
         events = [json.loads(r[0]) for r in store.db.conn.execute("SELECT data FROM outbox WHERE kind='stock'")]
         assert all(e["available"] == e["on_hand"] - e["reserved"] >= 0 for e in events)
     store.db.close_sync()
+
+
+def test_stock_below_its_minimum_raises_one_alert_and_one_when_restored(store: Store) -> None:
+    store.send("stock.set", {"items": [{"sku": "A", "on_hand": 8, "version": 2, "min": 5}]})
+    store.send("stock.adjust", {"sku": "A", "delta": -4, "reason": "sale"})
+    store.send("stock.adjust", {"sku": "A", "delta": -1, "reason": "sale"})  # still below: no second alert
+    store.send("stock.adjust", {"sku": "A", "delta": 3, "reason": "receive"})
+    alerts = [json.loads(r[0]) for r in store.db.conn.execute("SELECT data FROM outbox WHERE kind='replenishment'")]
+    assert [(a["status"], a.get("to_order"), a["available"]) for a in alerts] == [
+        ("needed", 1, 4),
+        ("restored", None, 6),
+    ]
+    assert all(a["source"] == "stock" for a in alerts)
+
+
+def test_express_orders_are_picked_first(store: Store) -> None:
+    from gateway.orders import pick
+
+    store.send("order.reserve", {"order": "SLOW", "lines": [{"sku": "B", "qty": 1}]})
+    store.send("order.reserve", {"order": "FAST", "lines": [{"sku": "B", "qty": 1}], "mode": "express",
+                                 "deadline_minutes": 30})  # fmt: skip
+    assert store.db.transaction(lambda conn: pick(conn, "B")) == ("FAST", True)
+    assert store.db.transaction(lambda conn: pick(conn, "B")) == ("SLOW", True)
