@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from decimal import Decimal, InvalidOperation
 
 # Minor-unit exponents (ISO 4217) of the currencies a European retailer meets; others default to 2.
@@ -32,6 +33,7 @@ def is_currency_code(value: str) -> bool:
     return len(value) == 3 and value.isascii() and value.isalpha() and value.isupper()
 
 
+@functools.lru_cache(maxsize=65536)  # a price file repeats the same few thousand prices
 def to_minor(amount: str, currency: str) -> int:
     """ "12.99" EUR -> 1299. Raises ValueError for floats, negatives or too many decimals."""
     if not isinstance(amount, str):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, model_validator
 
 from gateway.commands import CommandContext, CommandModel, Outcome
 from gateway.money import from_minor, to_minor
@@ -66,15 +66,12 @@ class PriceItem(CommandModel):
     net_unit: Literal["kg", "l", "m", "m2", "piece"] | None = None
     version: Annotated[int, Field(ge=0)]
 
-    _price_minor: int = PrivateAttr(0)
-    _promo_minor: int | None = PrivateAttr(None)
-
     # One after-validator for the whole item: a 100k-line price file calls it 100k times.
     @model_validator(mode="after")
     def _check(self) -> PriceItem:
-        self._price_minor = _minor("price", self.price, self.currency)
+        _minor("price", self.price, self.currency)
         if self.promo_price is not None:
-            self._promo_minor = _minor("promo_price", self.promo_price, self.currency)
+            _minor("promo_price", self.promo_price, self.currency)
         if self.gtin is not None and not gtin_is_valid(self.gtin):
             raise ValueError(f'gtin: "{self.gtin}" is not a GTIN-8/12/13/14 with a valid check digit')
         for name in ("promo_until", "valid_from"):
@@ -191,8 +188,8 @@ def _row(item: PriceItem, now_ms: int) -> tuple[Any, ...]:
         item.gtin,
         item.name,
         item.currency,
-        item._price_minor,
-        item._promo_minor,
+        to_minor(item.price, item.currency),
+        None if item.promo_price is None else to_minor(item.promo_price, item.currency),
         None if item.promo_until is None else epoch_ms(parse_rfc3339(item.promo_until)),
         None if item.net_quantity is None else float(item.net_quantity),
         item.net_unit,
