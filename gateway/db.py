@@ -180,11 +180,32 @@ class StateDB:
             self._run_batch(batch)
 
     def _run_batch(self, batch: list[tuple[WriteJob, asyncio.Future[Any]]]) -> None:
+        outcomes = self._attempt(batch, isolate=False)
+        if outcomes is None:
+            # a job failed: the batch was rolled back whole; run it again, each job in a savepoint
+            outcomes = self._attempt(batch, isolate=True)
+        if outcomes is None:  # cannot happen with isolate=True, but never leave a future unresolved
+            outcomes = [(False, RuntimeError("write batch failed"))] * len(batch)
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._resolve, batch, outcomes)
+
+    def _attempt(
+        self, batch: list[tuple[WriteJob, asyncio.Future[Any]]], *, isolate: bool
+    ) -> list[tuple[bool, Any]] | None:
+        """One transaction for the batch. Without `isolate` (the fast path, no savepoints), a failing
+        job aborts the attempt (None); with it, a failing job rolls back alone."""
         conn = self.conn
         outcomes: list[tuple[bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job, _ in batch:
+                if not isolate:
+                    try:
+                        outcomes.append((True, job(conn)))
+                    except Exception:
+                        conn.execute("ROLLBACK")
+                        return None
+                    continue
                 conn.execute("SAVEPOINT job")
                 try:
                     outcomes.append((True, job(conn)))
@@ -199,9 +220,8 @@ class StateDB:
             log.error("state database: commit failed: %s", exc)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            outcomes = [(False, exc)] * len(batch)
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._resolve, batch, outcomes)
+            return [(False, exc)] * len(batch)
+        return outcomes
 
     def _resolve(self, batch: list[tuple[WriteJob, asyncio.Future[Any]]], outcomes: list[tuple[bool, Any]]) -> None:
         for (_, future), (ok, value) in zip(batch, outcomes, strict=True):

@@ -72,8 +72,14 @@ def pending(conn: sqlite3.Connection, after_seq: int, limit: int) -> list[Outbox
 
 
 def delete(conn: sqlite3.Connection, seqs: Iterable[int]) -> None:
-    """Forget events the broker acknowledged."""
-    conn.executemany("DELETE FROM outbox WHERE seq = ?", ((s,) for s in seqs))
+    """Forget events the broker acknowledged (as ranges: PUBACKs come nearly in order)."""
+    ranges: list[tuple[int, int]] = []
+    for seq in sorted(seqs):
+        if ranges and seq == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], seq)
+        else:
+            ranges.append((seq, seq))
+    conn.executemany("DELETE FROM outbox WHERE seq BETWEEN ? AND ?", ranges)
 
 
 def depth(conn: sqlite3.Connection) -> tuple[int, int | None]:
