@@ -13,9 +13,6 @@ from datetime import date
 from decimal import Decimal
 from typing import Literal
 
-import biip
-from biip.checksums import gs1_standard_check_digit
-
 # AIM symbology identifiers a store scanner commonly sends (ISO/IEC 15424).
 SYMBOLOGIES = {
     "]E0": "EAN-13",
@@ -100,6 +97,8 @@ def _in_store(code: str, rules: InStoreRules) -> tuple[str, int | None, int | No
     rule = rules.find(code)
     if rule is None:
         return None
+    from biip.checksums import gs1_standard_check_digit
+
     start = len(rule.prefix) + rule.item_digits
     value = int(code[start : start + rule.value_digits])
     body = code[:start] + "0" * (12 - start)
@@ -112,6 +111,8 @@ def _in_store(code: str, rules: InStoreRules) -> tuple[str, int | None, int | No
 
 def interpret(raw: str, symbology_id: str | None = None, rules: InStoreRules = FRENCH_RULES) -> ScannedCode:
     """Read a scanned code; never raises (what cannot be read is in `problems`)."""
+    import biip  # imported on first use: a store without scanners never loads it
+
     symbology = SYMBOLOGIES.get(symbology_id or "", symbology_id)
     text = raw.strip()
     if text.upper().startswith(ORDER_PREFIX):

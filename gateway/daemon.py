@@ -108,9 +108,12 @@ async def run(config: Config, *, stop: asyncio.Event | None = None) -> int:
         await asyncio.wait_for(asyncio.shield(uplink_task), max(0.1, deadline - loop.time() - 1))
     except TimeoutError:
         log.warning("uplink did not finish in time")
-    for task in [*tasks, uplink_task, watchdog]:
+    everything = [*tasks, uplink_task, watchdog]
+    for task in everything:
         task.cancel()
-    await asyncio.gather(*tasks, uplink_task, watchdog, return_exceptions=True)
+    _, stuck = await asyncio.wait(everything, timeout=max(0.5, deadline - loop.time()))
+    for task in stuck:  # e.g. a blocking device call in a worker thread; do not wait past the budget
+        log.warning("%s did not stop in time; leaving it", task.get_name())
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(gateway.bus.drain(), max(0.1, deadline - loop.time()))
     await uplink.flush()

@@ -33,7 +33,7 @@ def is_currency_code(value: str) -> bool:
     return len(value) == 3 and value.isascii() and value.isalpha() and value.isupper()
 
 
-@functools.lru_cache(maxsize=65536)  # a price file repeats the same few thousand prices
+@functools.lru_cache(maxsize=4096)  # a price file repeats the same few thousand prices
 def to_minor(amount: str, currency: str) -> int:
     """ "12.99" EUR -> 1299. Raises ValueError for floats, negatives or too many decimals."""
     if not isinstance(amount, str):

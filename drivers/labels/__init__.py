@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
-from PIL import Image
+if TYPE_CHECKING:
+    from PIL import Image
 
 Outcome = Literal["confirmed", "failed", "same_image"]
 

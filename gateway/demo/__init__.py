@@ -158,8 +158,7 @@ async def _seed(config: Config, broker_url: str, directory: Path) -> None:
     if config.label_stations:
         labels = {
             "items": [
-                {"label": p.sku.lower(), "sku": p.sku, "station": config.label_stations[0].id}
-                for p in products[:12]
+                {"label": p.sku.lower(), "sku": p.sku, "station": config.label_stations[0].id} for p in products[:12]
             ]
         }
         await hq.send_command(broker, "label.assign", json.dumps(labels), store=STORE, group=None, out=quiet)

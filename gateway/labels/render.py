@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass, field
-from datetime import date
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -23,7 +22,10 @@ from pathlib import Path
 import qrcode  # type: ignore[import-untyped]
 from PIL import Image, ImageDraw, ImageFont
 
+from gateway.labels.content import DisplaySpec, LabelContent
 from gateway.money import display
+
+__all__ = ["DisplaySpec", "LabelContent", "RenderedLabel", "content_hash", "render", "to_jpeg", "to_png"]
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "white": (255, 255, 255),
@@ -35,42 +37,6 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 _FONT_DIR = Path(str(resources.files("gateway").joinpath("fonts")))
 REGULAR = _FONT_DIR / "DejaVuSansCondensed.ttf"
 BOLD = _FONT_DIR / "DejaVuSansCondensed-Bold.ttf"
-
-
-@dataclass(frozen=True)
-class DisplaySpec:
-    """A label's panel: resolution and colours, as the station reports them."""
-
-    width: int = 296
-    height: int = 128
-    colours: tuple[str, ...] = ("white", "black", "red")
-
-    @property
-    def accent(self) -> str:
-        """The colour promotions are drawn in: red or yellow when the panel has one."""
-        for colour in ("red", "yellow"):
-            if colour in self.colours:
-                return colour
-        return "black"
-
-
-@dataclass(frozen=True)
-class LabelContent:
-    """What a label shows; money in minor units."""
-
-    sku: str
-    name: str
-    price_minor: int
-    currency: str
-    promo_price_minor: int | None = None
-    promo_until: date | None = None
-    unit_price_minor: int | None = None
-    unit: str | None = None
-    gtin: str | None = None
-
-    @property
-    def shown_price_minor(self) -> int:
-        return self.promo_price_minor if self.promo_price_minor is not None else self.price_minor
 
 
 @dataclass

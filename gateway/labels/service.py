@@ -17,19 +17,22 @@ import logging
 import sqlite3
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
-
-from PIL import Image
+from typing import TYPE_CHECKING, Any
 
 from drivers.labels import LabelNotFound, LabelStation, TagInfo
 from gateway import devices
 from gateway.config import LabelStationConfig
 from gateway.labels import plan
-from gateway.labels.render import DisplaySpec, RenderedLabel, render
+from gateway.labels.content import DisplaySpec
 from gateway.pricing import PricesChanged, PricesScheduled, scheduled_prices
 from gateway.service import Service
 from gateway.supervisor import Device
 from gateway.timeutil import utc_now
+
+if TYPE_CHECKING:  # Pillow is loaded when the first label is rendered, not at start
+    from PIL import Image
+
+    from gateway.labels.render import RenderedLabel
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +145,8 @@ class LabelService(Service):
             for price in future:
                 if spec is not None and price.sku == row.sku:
                     jobs.append((row.key, price.version, plan.content_for(price, utc_now()), spec))
+        from gateway.labels.render import render
+
         rendered = await asyncio.to_thread(lambda: [render(content, spec) for _, _, content, spec in jobs])
         if len(self.prerendered) > 200_000:  # superseded schedules are never popped: keep memory bounded
             self.prerendered.clear()
@@ -197,6 +202,8 @@ class LabelService(Service):
             jobs.append((row, spec, price, plan.content_for(price, now)))
         if not jobs:
             return 0
+
+        from gateway.labels.render import render
 
         def draw() -> list[RenderedLabel]:
             out = []

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any
 
-from escpos.printer import Dummy
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.money import display, to_minor
@@ -112,6 +111,8 @@ class _Page:
 
     def __init__(self, width: int) -> None:
         self.width = width
+        from escpos.printer import Dummy  # a large capabilities table: loaded with the first document
+
         with contextlib.redirect_stdout(io.StringIO()):
             self.p = Dummy()
             self.p.charcode(CODE_PAGE)

@@ -18,7 +18,7 @@ import logging
 import sqlite3
 import uuid
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import ConfigDict, Field, ValidationError
 
@@ -26,10 +26,12 @@ from drivers.printers import JobInterrupted, Printer, PrinterStatus, PrinterUnav
 from gateway import devices, outbox
 from gateway.commands import CommandContext, CommandModel, CommandRejected, FieldError, Outcome, field_errors
 from gateway.config import PrinterConfig
-from gateway.printing.documents import DOCUMENT_MODELS, StoreHeader, render_document
 from gateway.service import Service
 from gateway.supervisor import Device
 from gateway.timeutil import epoch_ms, utc_now
+
+if TYPE_CHECKING:  # python-escpos loads a large capabilities table: only when a job is rendered
+    from gateway.printing.documents import StoreHeader
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,8 @@ def queue_job(
     ref: str | None = None,
 ) -> str:
     """Validate, render and queue one job in the caller's transaction; return its id (raises ValueError)."""
+    from gateway.printing.documents import render_document
+
     payload = render_document(document, data, store, printer.width_chars)
     job = uuid.uuid4().hex[:16]
     now = epoch_ms(utc_now())
@@ -124,6 +128,8 @@ class PrintingService(Service):
     def setup(self) -> None:
         config = self.gateway.config
         self.printers = {p.id: p for p in config.printers}
+        from gateway.printing.documents import StoreHeader
+
         self.store = StoreHeader(config.store.name, tuple(config.store.address), config.store.footer)
         self._wake: dict[str, asyncio.Event] = {p: asyncio.Event() for p in self.printers}
         self.gateway.dispatcher.register("print", PrintCommand, self.handle_print)
@@ -135,6 +141,8 @@ class PrintingService(Service):
             )
 
     def handle_print(self, context: CommandContext, data: PrintCommand) -> Outcome:
+        from gateway.printing.documents import DOCUMENT_MODELS
+
         printer = self.printers.get(data.printer)
         if printer is None:
             known = ", ".join(sorted(self.printers)) or "none configured"
