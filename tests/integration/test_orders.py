@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,6 +13,8 @@ from tests.peers.escpos_printer import EscposPrinterPeer, qr_data, text_of
 from tests.peers.hq import head_office, running_gateway, write_config
 from tests.peers.mosquitto import MosquittoBroker
 from tests.peers.pty_scanner import PtyScanner
+
+REPO = Path(__file__).resolve().parents[2]
 
 STORE_DEVICES = """
 [[printers]]
@@ -55,7 +59,14 @@ async def test_click_and_collect(mosquitto: MosquittoBroker, tmp_path: Path) -> 
                                                         {"label": "b2", "sku": "B2", "station": "sim"}]})  # fmt: skip
             order = {"order": "CC-1042", "customer": "Mme Dupont", "mode": "collect",
                      "lines": [{"sku": "A1", "qty": 2, "location": "R3"}, {"sku": "B2", "qty": 1}]}  # fmt: skip
-            assert (await hq.command("order.reserve", order))["status"] == "applied"
+            # head office sends it with the hq tool, as operations would
+            sent = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway", "hq", "--broker", mosquitto.url,
+                "command", "--store", "cc1", "order.reserve", json.dumps(order),
+                stdout=asyncio.subprocess.PIPE, cwd=REPO,
+            )  # fmt: skip
+            answer, _ = await asyncio.wait_for(sent.communicate(), 30)
+            assert sent.returncode == 0 and json.loads(answer)["status"] == "applied"
             reserved = await hq.wait_for(lambda e: e.get("type") == "order" and e["data"]["status"] == "reserved")
             assert [line["reserved"] for line in reserved["data"]["lines"]] == [2, 1]
             # the pick list printed, and the labels of both skus flash
