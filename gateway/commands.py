@@ -228,10 +228,11 @@ class Dispatcher:
         errors = self._check_envelope(envelope, topic_name)
         spec = self._specs.get(envelope.type)
         if not errors and spec is None:
+            known = ", ".join(sorted(set(CONTRACT_COMMANDS) | set(self._specs)))
             reason = (
                 "not supported by this gateway"
                 if envelope.type in CONTRACT_COMMANDS
-                else f"unknown command type; expected one of {', '.join(CONTRACT_COMMANDS)}"
+                else f"unknown command type; expected one of {known}"
             )
             errors = [FieldError("type", reason)]
         if not errors and spec is not None:
