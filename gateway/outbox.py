@@ -17,8 +17,6 @@ from typing import Any
 
 from gateway.timeutil import epoch_ms, rfc3339, utc_now
 
-EVENT_KINDS = ("command_result", "scan", "stock", "shelf", "label", "print", "device", "order", "replenishment")
-
 
 @dataclass(frozen=True, slots=True)
 class OutboxEvent:
@@ -80,14 +78,3 @@ def delete(conn: sqlite3.Connection, seqs: Iterable[int]) -> None:
         else:
             ranges.append((seq, seq))
     conn.executemany("DELETE FROM outbox WHERE seq BETWEEN ? AND ?", ranges)
-
-
-def depth(conn: sqlite3.Connection) -> tuple[int, int | None]:
-    """(number of events waiting, created_ms of the oldest or None)."""
-    row = conn.execute("SELECT count(*), min(created_ms) FROM outbox").fetchone()
-    return int(row[0]), (None if row[1] is None else int(row[1]))
-
-
-def last_seq(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
-    return 0 if row is None else int(row[0])

@@ -23,19 +23,6 @@ from gateway.timeutil import from_epoch_ms, parse_rfc3339, utc_now
 Section = Callable[[sqlite3.Connection], dict[str, Any] | None]
 
 
-def _table_exists(conn: sqlite3.Connection, name: str) -> bool:
-    row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
-    return row is not None
-
-
-def counts_by(conn: sqlite3.Connection, table: str, column: str) -> dict[str, int] | None:
-    """{value: count} of a table's column, or None if the table does not exist (yet)."""
-    if not _table_exists(conn, table):
-        return None
-    rows = conn.execute(f"SELECT {column}, count(*) FROM {table} GROUP BY {column} ORDER BY {column}")
-    return {str(value): int(count) for value, count in rows}
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

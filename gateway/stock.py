@@ -167,17 +167,9 @@ def set_minimum(conn: sqlite3.Connection, sku: str, minimum: int) -> None:
             check_minimum(conn, sku, minimum, available, minimum)
 
 
-@dataclass(frozen=True)
-class StockChanged:
-    """Signal: stock of these skus changed (replenishment listens)."""
-
-    skus: tuple[str, ...]
-
-
 def handle_stock_set(context: CommandContext, data: StockSet) -> Outcome:
     """The `stock.set` command: absolute counts, applied only when newer than the stored version."""
     outcome = Outcome()
-    changed = []
     for item in data.items:
         row = context.conn.execute("SELECT on_hand, reserved, version FROM stock WHERE sku = ?", (item.sku,)).fetchone()
         if row is not None and item.version <= row[2]:
@@ -197,9 +189,6 @@ def handle_stock_set(context: CommandContext, data: StockSet) -> Outcome:
         if item.min is not None:
             set_minimum(context.conn, item.sku, item.min)
         outcome.applied += 1
-        changed.append(item.sku)
-    if changed:
-        context.after_commit(StockChanged(tuple(changed)))
     return outcome
 
 
@@ -209,7 +198,6 @@ def handle_stock_adjust(context: CommandContext, data: StockAdjust) -> Outcome:
         move(context.conn, data.sku, data.delta, data.reason, context.command_id)
     except ValueError as exc:
         raise CommandRejected([FieldError("data.delta", str(exc))]) from None
-    context.after_commit(StockChanged((data.sku,)))
     return Outcome(applied=1)
 
 

@@ -338,10 +338,3 @@ def status_section(conn: sqlite3.Connection) -> dict[str, Any] | None:
     oldest = conn.execute("SELECT min(updated_ms) FROM labels WHERE state IN ('pending', 'sent')").fetchone()[0]
     age = None if oldest is None else round((epoch_ms(utc_now()) - int(oldest)) / 1000, 1)
     return {"by_state": by_state, "oldest_unconfirmed_s": age, "skus_not_showing_current_price": audit(conn, 20)}
-
-
-def wanted(conn: sqlite3.Connection, key: LabelKey) -> tuple[str | None, Price | None]:
-    row = conn.execute("SELECT sku FROM labels WHERE station = ? AND label = ?", key).fetchone()
-    if row is None:
-        return None, None
-    return str(row[0]), get_price(conn, str(row[0]))
