@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from gateway.commands import field_errors
 from gateway.config import BrokerAddress, check_broker_url
-from gateway.pricing import PriceItem
+from gateway.pricing import InvalidItem, validate_item
 from gateway.timeutil import rfc3339, utc_now
 
 CSV_REQUIRED = ("sku", "price", "currency")
@@ -111,9 +111,12 @@ def read_price_csv(path: Path, version: int) -> list[dict[str, Any]]:
                 problems.append(f"line {reader.line_num}: version: not a whole number")
                 continue
             try:
-                PriceItem.model_validate(item)
+                validate_item(item)
             except ValidationError as exc:
                 problems += [f"line {reader.line_num}: {e.field}: {e.message}" for e in field_errors(exc, "")]
+                continue
+            except InvalidItem as exc:
+                problems.append(f"line {reader.line_num}: {exc}")
                 continue
             items.append(item)
     if problems:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from decimal import Decimal, InvalidOperation
 
 # Minor-unit exponents (ISO 4217) of the currencies a European retailer meets; others default to 2.
@@ -33,7 +32,6 @@ def is_currency_code(value: str) -> bool:
     return len(value) == 3 and value.isascii() and value.isalpha() and value.isupper()
 
 
-@functools.lru_cache(maxsize=4096)  # a price file repeats the same few thousand prices
 def to_minor(amount: str, currency: str) -> int:
     """ "12.99" EUR -> 1299. Raises ValueError for floats, negatives or too many decimals."""
     if not isinstance(amount, str):

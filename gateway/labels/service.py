@@ -189,6 +189,8 @@ class LabelService(Service):
             return await self._plan(keys)
 
     async def _plan(self, keys: list[plan.LabelKey]) -> int:
+        if not keys:  # most skus of a price file show on no label
+            return 0
         db = self.gateway.db
         rows = await db.read(functools.partial(plan.get_labels, keys=keys))
         prices = await db.read(functools.partial(plan.prices_of, skus={row.sku for row in rows}))

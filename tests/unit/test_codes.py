@@ -74,6 +74,15 @@ def test_expected_gtins_have_valid_check_digits() -> None:
             assert gtin_is_valid(gtin), gtin
 
 
+@pytest.mark.parametrize("body", ["9638507", "03600029145", "301762042200", "1001234567891"])
+def test_exactly_one_check_digit_makes_a_gtin_valid(body: str) -> None:
+    # the check digit by the GS1 definition: weights 3, 1, 3, ... from the right of the body
+    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
+    expected = (10 - total % 10) % 10
+    assert [d for d in range(10) if gtin_is_valid(f"{body}{d}")] == [expected]
+    assert not gtin_is_valid(body + "x") and not gtin_is_valid("١" * (len(body) + 1))
+
+
 def test_in_store_rules_are_a_setting() -> None:
     weight_everywhere = InStoreRules(rules=(InStoreRule("21", "weight", decimals=3),))
     code = interpret("2123456012996", rules=weight_everywhere)
@@ -126,12 +135,12 @@ def test_price_check_answers_from_the_cache(tmp_path: object) -> None:
 
     from gateway.config import ScannerConfig
     from gateway.db import StateDB
-    from gateway.pricing import PriceItem, apply_items
+    from gateway.pricing import apply_changes, validate_item
     from gateway.scanning import price_check, reply_line
 
     db = StateDB(Path(str(tmp_path)) / "s.db")
     now = datetime.now(UTC)
-    item = PriceItem.model_validate(
+    change = validate_item(
         {
             "sku": "N1",
             "price": "5.49",
@@ -141,7 +150,7 @@ def test_price_check_answers_from_the_cache(tmp_path: object) -> None:
             "version": 1,
         }
     )
-    db.transaction(lambda conn: apply_items(conn, [item], now))
+    db.transaction(lambda conn: apply_changes(conn, [change], now))
     config = ScannerConfig(id="k", port="/dev/null")
     answer = price_check(db.conn, interpret("3017620422003"), now)
     assert reply_line(config, answer) == "Pâte à tartiner\t5,49 €"

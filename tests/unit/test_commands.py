@@ -121,6 +121,75 @@ def test_name_and_gtin_are_kept_when_an_item_leaves_them_out(db: StateDB, dispat
     assert (price.gtin, price.name, price.price_minor) == ("3017620422003", "Nutella", 1349)  # type: ignore[union-attr]
 
 
+def test_a_price_without_promo_ends_the_promo_and_keeps_the_net_quantity(db: StateDB, dispatcher: Dispatcher) -> None:
+    until = rfc3339(datetime.now(UTC) + timedelta(days=3))
+    first = item(version=1, price="3.00", promo_price="2.49", promo_until=until, net_quantity="0.5", net_unit="kg")
+    send(db, dispatcher, price_cmd("c1", first))
+    price = get_price(db.conn, "A1")
+    assert (price.promo_price_minor, price.net_quantity, price.net_unit) == (249, 0.5, "kg")  # type: ignore[union-attr]
+    send(db, dispatcher, price_cmd("c2", item(version=2, price="3.10")))
+    price = get_price(db.conn, "A1")
+    assert (price.price_minor, price.promo_price_minor, price.promo_until) == (310, None, None)  # type: ignore[union-attr]
+    assert (price.net_quantity, price.net_unit) == (0.5, "kg")  # type: ignore[union-attr]
+    send(db, dispatcher, price_cmd("c3", item(version=3, price="3.20", promo_price="2.99")))
+    assert get_price(db.conn, "A1").promo_price_minor == 299  # type: ignore[union-attr]
+
+
+def test_a_new_sku_twice_in_one_command_ends_at_its_higher_version(db: StateDB, dispatcher: Dispatcher) -> None:
+    result = send(
+        db,
+        dispatcher,
+        price_cmd("c1", item(version=1, price="1.00", name="Lait"), item(version=3, price="3.00"), item(version=2)),
+    )
+    assert (result.applied, result.skipped) == (2, 1)
+    price = get_price(db.conn, "A1")
+    assert (price.price_minor, price.version, price.name) == (300, 3, "Lait")  # type: ignore[union-attr]
+
+
+def test_every_bad_value_of_a_price_file_is_named_and_nothing_is_applied(
+    db: StateDB, dispatcher: Dispatcher
+) -> None:
+    result = send(
+        db,
+        dispatcher,
+        price_cmd(
+            "c1",
+            item(sku="OK"),
+            item(sku="B1", gtin="3017620422004"),
+            item(sku="B2", price="1.999"),
+            item(sku="B3", net_quantity="0.5"),
+            item(sku="B4", promo_until="tomorrow"),
+        ),
+    )
+    assert result.status == "rejected"
+    assert [e.field for e in result.errors] == [
+        "data.items[1].gtin",
+        "data.items[2].price",
+        "data.items[3].net_quantity",
+        "data.items[4].promo_until",
+    ]
+    assert result.errors[1].message == '"1.999" has more than 2 decimals for EUR'
+    assert db.conn.execute("SELECT count(*) FROM products").fetchone()[0] == 0
+
+
+def test_a_price_scheduled_by_the_previous_release_is_still_applied(db: StateDB) -> None:
+    # that release stored the item as a pydantic model dump: every field, absent ones as null
+    stored = {
+        "sku": "A1", "price": "4.20", "currency": "EUR", "gtin": None, "name": "Café", "promo_price": None,
+        "promo_until": None, "valid_from": "2026-12-01T08:00:00Z", "net_quantity": "0.25", "net_unit": "kg",
+        "version": 7,
+    }
+    db.transaction(
+        lambda conn: conn.execute(
+            "INSERT INTO price_schedule (sku, version, valid_from_ms, item) VALUES ('A1', 7, 0, ?)",
+            (json.dumps(stored),),
+        )
+    )
+    assert db.transaction(lambda conn: apply_due(conn, datetime.now(UTC))) == ["A1"]
+    price = get_price(db.conn, "A1")
+    assert (price.price_minor, price.name, price.net_quantity, price.net_unit) == (420, "Café", 0.25, "kg")  # type: ignore[union-attr]
+
+
 def test_stock_set_adjust_and_ledger(db: StateDB, dispatcher: Dispatcher) -> None:
     send(
         db,
