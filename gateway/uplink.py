@@ -8,7 +8,9 @@ returns. Commands are acknowledged (PUBACK) only after their effects are committ
 The outbox publisher keeps a window of QoS 1 publishes in flight, in seq order, and deletes a row
 only when its PUBACK arrived. After a reconnect it starts again from the oldest row not deleted:
 an event whose PUBACK was lost with the connection is sent again with the same id
-(at-least-once; head office drops duplicates by id).
+(at-least-once; head office drops duplicates by id). Events go out through paho's own publish()
+and are matched to their PUBACK by message id (`OutboxWindow`): one aiomqtt publish() per event
+costs a task, an event and a timer, which was most of the event loop's time at 5,000 events/s.
 """
 
 from __future__ import annotations
@@ -21,14 +23,18 @@ import logging
 import random
 import sqlite3
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
 from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
+from paho.mqtt.client import Client as PahoClient
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway import outbox
 from gateway.commands import CommandResult
@@ -43,6 +49,8 @@ CommandHandler = Callable[[bytes, str], Awaitable[CommandResult]]
 _BACKOFF_START_S = 0.5
 _BACKOFF_CAP_S = 30.0
 _SESSION_EXPIRY_S = 7 * 24 * 3600
+# An event without its PUBACK for this long ends the connection (aiomqtt's own publish timeout).
+_PUBACK_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,53 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
 
 def _pending(conn: sqlite3.Connection, *, after: int, room: int) -> list[outbox.OutboxEvent]:
     return outbox.pending(conn, after, room)
+
+
+class OutboxWindow:
+    """The outbox events in flight on one connection, published by paho and matched to PUBACKs by mid.
+
+    paho runs on the event loop's thread under aiomqtt (its socket callbacks), so a PUBACK is always
+    read after the publish() that sent it has returned and recorded the mid.
+    """
+
+    def __init__(self, client: aiomqtt.Client, progress: asyncio.Event, refill_at: int) -> None:
+        self._paho: PahoClient = client._client
+        self._progress = progress
+        self._refill_at = refill_at
+        self.in_flight: dict[int, tuple[int, float]] = {}  # mid -> (seq, monotonic time sent), oldest first
+        self.acked: list[int] = []
+        self.refused: list[tuple[int, str]] = []
+        self._aiomqtt_on_publish = client._on_publish  # still completes aiomqtt's own publishes
+        self._paho.on_publish = self._on_publish
+
+    def publish(self, topic: str, payload: bytes, seq: int) -> None:
+        info = self._paho.publish(topic, payload, qos=1)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        self.in_flight[info.mid] = (seq, time.monotonic())
+
+    def oldest_wait_s(self) -> float:
+        """How long the oldest event in flight has waited for its PUBACK (0 when none is)."""
+        for _seq, sent in self.in_flight.values():
+            return time.monotonic() - sent
+        return 0.0
+
+    def close(self) -> None:
+        self._paho.on_publish = self._aiomqtt_on_publish
+
+    def _on_publish(
+        self, client: PahoClient, userdata: Any, mid: int, reason: ReasonCode, properties: Properties
+    ) -> None:
+        sent = self.in_flight.pop(mid, None)
+        if sent is None:
+            self._aiomqtt_on_publish(client, userdata, mid, reason, properties)
+            return
+        if reason.is_failure:  # MQTT 5 only: the broker took the packet but not the event
+            self.refused.append((sent[0], str(reason)))
+        else:
+            self.acked.append(sent[0])
+        if len(self.in_flight) <= self._refill_at:  # wake the publisher for a batch, not for every PUBACK
+            self._progress.set()
 
 
 class Uplink:
@@ -137,7 +192,7 @@ class Uplink:
             keepalive=uplink.keepalive_s,
             timeout=10,
             tls_context=tls_context(self.config),
-            max_inflight_messages=self.window,
+            max_inflight_messages=0,  # no limit in paho (it scans its queue on every PUBACK); our window bounds it
         )
         client.pending_calls_threshold = self.window * 4
         # PUBACK a command only once its effects are committed (paho's manual ack).
@@ -245,60 +300,56 @@ class Uplink:
         """Keep up to `window` QoS 1 publishes in flight, in seq order; forget each row after its PUBACK."""
         if self._deletes:
             await asyncio.gather(*list(self._deletes), return_exceptions=True)
-        loop = asyncio.get_running_loop()
-        progress = self._wake  # set by every commit (new events) and every PUBACK
+        progress = self._wake  # set by every commit (new events) and by PUBACKs (room in the window)
         refill_at = max(1, self.window // 2)  # fetch rows in batches, not one per PUBACK
+        window = OutboxWindow(client, progress, refill_at)
         cursor = 0
-        in_flight: dict[int, asyncio.Task[None]] = {}
-        acked: list[int] = []
-        failures: list[BaseException] = []
-
-        def finished(seq: int, task: asyncio.Task[None]) -> None:
-            in_flight.pop(seq, None)
-            if task.cancelled():
-                return
-            error = task.exception()
-            if error is not None:
-                failures.append(error)
-            else:
-                acked.append(seq)
-            progress.set()
-
         try:
             while True:
                 progress.clear()
-                if failures:
-                    raise failures[0]  # an MqttError ends this connection; the rows stay in the outbox
-                if acked:
-                    done, acked[:] = list(acked), []
+                if window.refused:
+                    refused, window.refused = window.refused, []
+                    log.error(
+                        "uplink: the broker refused %d events (first: seq %d, %s); they stay in the outbox "
+                        "and are sent again on the next connection",
+                        len(refused),
+                        *refused[0],
+                    )
+                if window.acked:
+                    done, window.acked = window.acked, []
                     self._forget(done)
                     self.published += len(done)
                 stopping = self._stopping.is_set()
-                if stopping and not in_flight:
+                if stopping and not window.in_flight:
                     return
-                if not stopping and len(in_flight) < refill_at:
-                    room = self.window - len(in_flight)
+                if not stopping and len(window.in_flight) < refill_at:
+                    room = self.window - len(window.in_flight)
                     batch = await self.db.read(functools.partial(_pending, after=cursor, room=room))
                     for event in batch:
                         cursor = event.seq
-                        if event.seq in self._acked:
-                            continue
-                        publish = client.publish(
-                            self.topics.event(event.kind), event.envelope(self.topics.store), qos=1
-                        )
-                        task = loop.create_task(publish)
-                        in_flight[event.seq] = task
-                        task.add_done_callback(functools.partial(finished, event.seq))
+                        if event.seq not in self._acked:
+                            window.publish(self.topics.event(event.kind), event.envelope(self.topics.store), event.seq)
                     if batch:
                         continue
+                if stopping:
+                    wait_s: float | None = 5.0
+                elif window.in_flight:
+                    wait_s = max(0.0, _PUBACK_TIMEOUT_S - window.oldest_wait_s())
+                else:
+                    wait_s = None
                 try:
-                    await asyncio.wait_for(progress.wait(), 5 if stopping else None)
+                    await asyncio.wait_for(progress.wait(), wait_s)
                 except TimeoutError:
-                    log.warning("uplink: %d events unacknowledged at shutdown; they stay in the outbox", len(in_flight))
-                    return
+                    if stopping:
+                        log.warning(
+                            "uplink: %d events unacknowledged at shutdown; they stay in the outbox",
+                            len(window.in_flight),
+                        )
+                        return
+                    if window.oldest_wait_s() >= _PUBACK_TIMEOUT_S:
+                        raise aiomqtt.MqttError(f"no PUBACK for {_PUBACK_TIMEOUT_S:.0f} s") from None
         finally:
-            for task in list(in_flight.values()):
-                task.cancel()
+            window.close()
 
     def _forget(self, seqs: list[int]) -> None:
         """Delete acknowledged rows (group-committed in the background, never awaited on the hot path)."""

@@ -155,6 +155,76 @@ async def test_events_made_during_a_broker_outage_arrive_in_order(
     assert read_db(tmp_path / "state.db", "SELECT count(*) FROM outbox") == [(0,)]
 
 
+async def test_a_broker_that_stops_answering_ends_the_connection_and_loses_nothing(
+    own_mosquitto: MosquittoBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.uplink._PUBACK_TIMEOUT_S", 1.0)
+    config_path = write_config(tmp_path, own_mosquitto, store="hang1")
+    db, uplink, task = await make_uplink(config_path)
+    try:
+        async with head_office(own_mosquitto, "hang1", client_id="hq-hang-test") as hq:
+            await asyncio.wait_for(uplink.connected.wait(), 10)
+            own_mosquitto.freeze()
+            try:
+                await db.write(lambda conn: [outbox.append(conn, "scan", scan(i)) for i in range(300)])
+                for _ in range(100):  # no PUBACK within the timeout: the uplink gives the connection up
+                    if uplink.state == "offline":
+                        break
+                    await asyncio.sleep(0.05)
+                assert uplink.state == "offline"
+            finally:
+                own_mosquitto.thaw()
+            # what was in flight when the link was given up is sent again (at least once, same ids)
+            await hq.count(lambda e: e["type"] == "scan", 300, timeout=60)
+            for _ in range(200):
+                codes = {int(e["data"]["code"]) for e in hq.events if e["type"] == "scan"}
+                if len(codes) == 300:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        await stop_uplink(db, uplink, task)
+    assert codes == set(range(300))
+    assert len({e["id"] for e in hq.events if e["type"] == "scan"}) == 300
+    assert read_db(tmp_path / "state.db", "SELECT count(*) FROM outbox") == [(0,)]
+
+
+def refused_count(caplog: pytest.LogCaptureFixture) -> int:
+    """Events the uplink logged as refused by the broker (they may come in several PUBACK batches)."""
+    return sum(int(r.args[0]) for r in caplog.records if "the broker refused" in r.msg)  # type: ignore[index]
+
+
+async def test_events_the_broker_refuses_stay_in_the_outbox(
+    mosquitto_factory: Callable[..., MosquittoBroker], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # MQTT 5 PUBACKs carry a reason code: here the ACL lets the store publish every event but scans
+    acl = "user store-ref1\ntopic write retail/stores/ref1/events/command_result\ntopic write retail/stores/ref1/events/stock\n"
+    acl += "topic readwrite retail/stores/ref1/gateway/state\n"
+    acl += "topic read retail/stores/ref1/commands/#\nuser hq\ntopic readwrite retail/#\n"
+    broker = mosquitto_factory(users={"store-ref1": "s3cret", "hq": "hq-pass"}, acl=acl)
+    (tmp_path / "pw").write_text("s3cret\n")
+    config_path = write_config(
+        tmp_path,
+        broker,
+        store="ref1",
+        uplink_extra=f'protocol = "5"\nusername = "store-ref1"\npassword_file = "{tmp_path / "pw"}"\n',
+    )
+    db, uplink, task = await make_uplink(config_path)
+    try:
+        async with head_office(broker, "ref1", username="hq", password="hq-pass") as hq:
+            await asyncio.wait_for(uplink.connected.wait(), 10)
+            await db.write(lambda conn: [outbox.append(conn, "scan", scan(i)) for i in range(5)])
+            result = await hq.command("stock.adjust", {"sku": "R", "delta": 1, "reason": "receive"})
+            assert result["status"] == "applied"  # published after the refused scans, and delivered
+            for _ in range(100):
+                if refused_count(caplog) == 5:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        await stop_uplink(db, uplink, task)
+    assert refused_count(caplog) == 5 and "Not authorized" in caplog.text
+    assert read_db(tmp_path / "state.db", "SELECT kind, count(*) FROM outbox GROUP BY kind") == [("scan", 5)]
+
+
 async def test_sigkill_mid_publish_loses_nothing(own_mosquitto: MosquittoBroker, tmp_path: Path) -> None:
     config_path = write_config(tmp_path, own_mosquitto, store="kill1")
     total = 20_000
@@ -165,7 +235,11 @@ async def test_sigkill_mid_publish_loses_nothing(own_mosquitto: MosquittoBroker,
     gateway = GatewayProcess(config_path, tmp_path / "gateway.log")
     async with head_office(own_mosquitto, "kill1", client_id="hq-kill-test") as hq:
         gateway.start()
-        await hq.count(lambda e: e["type"] == "scan", 3000, timeout=60)
+        # kill when the gateway is under way by its own outbox (head office reads behind the broker)
+        for _ in range(3000):
+            if read_db(tmp_path / "state.db", "SELECT count(*) FROM outbox")[0][0] < total - 2000:
+                break
+            await asyncio.sleep(0.005)
         gateway.kill()
         remaining = read_db(tmp_path / "state.db", "SELECT count(*) FROM outbox")[0][0]
         assert 0 < remaining < total, "the kill should land mid-publish"

@@ -159,6 +159,15 @@ class MosquittoBroker:
         self.stop()
         self.start()
 
+    def freeze(self) -> None:
+        """SIGSTOP: a hung broker (or a dead link): connections stay open and nothing is answered."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+
 
 def make_tls_files(directory: Path) -> TlsFiles:
     """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""

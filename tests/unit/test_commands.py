@@ -146,9 +146,7 @@ def test_a_new_sku_twice_in_one_command_ends_at_its_higher_version(db: StateDB, 
     assert (price.price_minor, price.version, price.name) == (300, 3, "Lait")  # type: ignore[union-attr]
 
 
-def test_every_bad_value_of_a_price_file_is_named_and_nothing_is_applied(
-    db: StateDB, dispatcher: Dispatcher
-) -> None:
+def test_every_bad_value_of_a_price_file_is_named_and_nothing_is_applied(db: StateDB, dispatcher: Dispatcher) -> None:
     result = send(
         db,
         dispatcher,
@@ -175,8 +173,16 @@ def test_every_bad_value_of_a_price_file_is_named_and_nothing_is_applied(
 def test_a_price_scheduled_by_the_previous_release_is_still_applied(db: StateDB) -> None:
     # that release stored the item as a pydantic model dump: every field, absent ones as null
     stored = {
-        "sku": "A1", "price": "4.20", "currency": "EUR", "gtin": None, "name": "Café", "promo_price": None,
-        "promo_until": None, "valid_from": "2026-12-01T08:00:00Z", "net_quantity": "0.25", "net_unit": "kg",
+        "sku": "A1",
+        "price": "4.20",
+        "currency": "EUR",
+        "gtin": None,
+        "name": "Café",
+        "promo_price": None,
+        "promo_until": None,
+        "valid_from": "2026-12-01T08:00:00Z",
+        "net_quantity": "0.25",
+        "net_unit": "kg",
         "version": 7,
     }
     db.transaction(
