@@ -20,8 +20,13 @@ from gateway.bus import Bus
 from gateway.commands import Dispatcher
 from gateway.config import Config
 from gateway.db import StateDB, set_meta
+from gateway.labels.service import LabelService
+from gateway.orders import OrderService
 from gateway.pricing import PricingService
+from gateway.printing.service import PrintingService
+from gateway.scanning import ScanningService
 from gateway.service import Gateway, Service
+from gateway.shelves import ShelfService
 from gateway.stock import StockService
 from gateway.supervisor import Supervisor
 from gateway.timeutil import rfc3339, utc_now
@@ -29,32 +34,19 @@ from gateway.uplink import Uplink
 
 log = logging.getLogger(__name__)
 
-# The domain services, one per concern. Adding a feature is adding a service here.
-SERVICES: list[Callable[[Gateway], Service]] = [PricingService, StockService]
+# The domain services, one per concern. Adding a feature is adding a service here. (Their heavy
+# libraries - Pillow, python-escpos, biip, bleak - load on first use, not on import.)
+SERVICES: list[Callable[[Gateway], Service]] = [
+    PricingService,
+    StockService,
+    LabelService,
+    PrintingService,
+    ScanningService,
+    ShelfService,
+    OrderService,
+]
 
 _STOP_BUDGET_S = 8.0
-
-
-def _optional_services() -> list[Callable[[Gateway], Service]]:
-    """Services whose modules may not exist yet in this build (each lands with its issue)."""
-    found: list[Callable[[Gateway], Service]] = []
-    for module_name, class_name in (
-        ("gateway.labels.service", "LabelService"),
-        ("gateway.printing.service", "PrintingService"),
-        ("gateway.scanning", "ScanningService"),
-        ("gateway.shelves", "ShelfService"),
-        ("gateway.orders", "OrderService"),
-    ):
-        try:
-            module = __import__(module_name, fromlist=[class_name])
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not module_name.startswith(exc.name):
-                raise
-            continue
-        service = getattr(module, class_name, None)
-        if service is not None:
-            found.append(service)
-    return found
 
 
 async def run(config: Config, *, stop: asyncio.Event | None = None) -> int:
@@ -78,7 +70,7 @@ async def run(config: Config, *, stop: asyncio.Event | None = None) -> int:
 
     await db.write(record_start)
     gateway = Gateway(config, db, Bus(), Dispatcher(config.uplink.max_command_bytes), Supervisor(db))
-    services = [make(gateway) for make in SERVICES + _optional_services()]
+    services = [make(gateway) for make in SERVICES]
     for service in services:
         service.setup()
     uplink = Uplink(config, db, gateway.apply_command, version=__version__, started_at=started_at)

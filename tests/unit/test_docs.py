@@ -46,7 +46,7 @@ def test_the_dispatcher_supports_exactly_the_documented_commands() -> None:
     from gateway.bus import Bus
     from gateway.commands import Dispatcher
     from gateway.config import parse_config
-    from gateway.daemon import SERVICES, _optional_services
+    from gateway.daemon import SERVICES
     from gateway.db import StateDB
     from gateway.service import Gateway
     from gateway.supervisor import Supervisor
@@ -54,7 +54,7 @@ def test_the_dispatcher_supports_exactly_the_documented_commands() -> None:
     config = parse_config({"store": {"id": "D"}, "state": {"path": "/tmp/unused.db"}, "uplink": {"url": "mqtt://x"}})
     db = StateDB.__new__(StateDB)  # not opened: setup() only registers
     gateway = Gateway(config, db, Bus(), Dispatcher(), Supervisor(db))
-    for make in SERVICES + _optional_services():
+    for make in SERVICES:
         make(gateway).setup()
     assert set(gateway.dispatcher.supported) == set(COMMANDS)
 
