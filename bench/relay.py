@@ -1,7 +1,7 @@
 """Events relayed device -> head office, durably, vs a raw aiomqtt QoS 1 publisher; then a 100k-event outage.
 
-Ours: events are created by an in-process producer (each event its own write job, as devices make
-them, so the group commit does the batching), relayed by the real Uplink from the outbox to a
+Ours: events are created by an in-process producer (200 device tasks, each event its own write job,
+as devices make them, so the group commit does the batching), relayed by the real Uplink from the outbox to a
 private mosquitto, and counted by `mosquitto_sub` in another process. Raw (design.md's baseline):
 a plain paho-mqtt publisher on its own network thread keeping 100 QoS 1 publishes in flight (a
 sliding window), same payload size, counted the same way; and, for reference, a plain aiomqtt
@@ -114,15 +114,16 @@ async def start_uplink(path: Path, port: int) -> tuple[StateDB, Uplink, asyncio.
     return db, uplink, task
 
 
-async def produce(db: StateDB, count: int) -> None:
-    """Each event its own write job (as devices create them); at most 1000 waiting at once."""
-    for base in range(0, count, 1000):
-        await asyncio.gather(
-            *(
-                db.write(lambda conn, n=n: outbox.append(conn, "scan", {**DATA, "n": n}))
-                for n in range(base, min(count, base + 1000))
-            )
-        )
+async def produce(db: StateDB, count: int, devices: int = 200) -> None:
+    """`devices` long-running tasks, each writing its events one at a time (as a scanner or sensor does)."""
+
+    async def device(first: int) -> None:
+        for n in range(first, count, devices):
+            await db.write(lambda conn, n=n: outbox.append(conn, "scan", {**DATA, "n": n}))
+
+    async with asyncio.TaskGroup() as group:
+        for first in range(min(devices, count)):
+            group.create_task(device(first))
 
 
 def check(out: Path, expected: int) -> dict[str, int]:
