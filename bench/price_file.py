@@ -1,6 +1,7 @@
 """A 100k-item price file through the real command path vs a bare SQLite executemany of the same rows.
 
-Three pushes of the file as `price.set` commands, applied one at a time as the uplink takes them:
+Three pushes of the file as `price.set` commands, handed to the writer as the uplink does (up to
+COMMANDS_AHEAD waiting at once, applied in order):
 into an empty cache (vs a bare INSERT executemany), the same file again (every item stale), and a
 newer version of every price (vs a bare UPDATE executemany): the nightly case.
 
@@ -29,6 +30,7 @@ from gateway.labels.service import LabelService
 from gateway.pricing import PriceSet, PricingService, check_items
 from gateway.service import Gateway
 from gateway.supervisor import Supervisor
+from gateway.uplink import COMMANDS_AHEAD
 
 RAW_SCHEMA = (
     "CREATE TABLE products (sku TEXT PRIMARY KEY, gtin TEXT, name TEXT, currency TEXT, price_minor INTEGER, "
@@ -111,9 +113,15 @@ async def ours(path: Path, pushes: dict[str, list[bytes]], count: int) -> dict[s
     LabelService(gateway).setup()  # every price change asks the label plan which labels show the sku
 
     async def push(payloads: list[bytes]) -> tuple[float, list[CommandResult]]:
-        # one command at a time, each committed before the next, as the uplink's receive loop takes them
+        # as the uplink takes them: at most COMMANDS_AHEAD handed to the writer before their commit
+        ahead = asyncio.Semaphore(COMMANDS_AHEAD)
+
+        async def apply(payload: bytes) -> CommandResult:
+            async with ahead:
+                return await gateway.apply_command(payload, "price.set")
+
         start = time.perf_counter()
-        results = [await gateway.apply_command(payload, "price.set") for payload in payloads]
+        results = await asyncio.gather(*(apply(payload) for payload in payloads))
         await gateway.bus.drain()
         return time.perf_counter() - start, results
 

@@ -51,6 +51,8 @@ _BACKOFF_CAP_S = 30.0
 _SESSION_EXPIRY_S = 7 * 24 * 3600
 # An event without its PUBACK for this long ends the connection (aiomqtt's own publish timeout).
 _PUBACK_TIMEOUT_S = 10.0
+# Commands received and queued for the writer before the oldest of them is committed and acknowledged.
+COMMANDS_AHEAD = 16
 
 
 @dataclass(frozen=True)
@@ -268,17 +270,41 @@ class Uplink:
         log.info("uplink: offline state published, disconnecting")
 
     async def _receive(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            topic = str(message.topic)
-            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-            try:
-                result = await self.on_command(payload, Topics.command_name(topic))
-            except Exception:
-                # Not acknowledged: the broker will offer it again on the next connection.
-                log.exception("uplink: command on %s could not be recorded", topic)
-                continue
-            client._client.ack(message.mid, message.qos)
-            await self._respond(client, message, result)
+        """Hand commands to the state database as they arrive; acknowledge each once it is committed.
+
+        Up to `COMMANDS_AHEAD` commands wait in the writer's queue at once, so one commit (one fsync
+        of the SD card) takes several of them; the writer applies them in arrival order, and they are
+        acknowledged and answered in that order.
+        """
+        applying: asyncio.Queue[tuple[aiomqtt.Message, asyncio.Task[CommandResult | None]]]
+        applying = asyncio.Queue(COMMANDS_AHEAD)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._acknowledge(client, applying), name="uplink-acks")
+            async for message in client.messages:
+                payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+                # a task starts in creation order, and its first step queues the write: arrival order holds
+                task = group.create_task(self._apply(payload, str(message.topic)), name="uplink-command")
+                await applying.put((message, task))
+
+    async def _apply(self, payload: bytes, topic: str) -> CommandResult | None:
+        try:
+            return await self.on_command(payload, Topics.command_name(topic))
+        except Exception:
+            # Not acknowledged: the broker will offer it again on the next connection.
+            log.exception("uplink: command on %s could not be recorded", topic)
+            return None
+
+    async def _acknowledge(
+        self,
+        client: aiomqtt.Client,
+        applying: asyncio.Queue[tuple[aiomqtt.Message, asyncio.Task[CommandResult | None]]],
+    ) -> None:
+        while True:
+            message, task = await applying.get()
+            result = await task
+            if result is not None:
+                client._client.ack(message.mid, message.qos)
+                await self._respond(client, message, result)
 
     async def _respond(self, client: aiomqtt.Client, message: aiomqtt.Message, result: CommandResult) -> None:
         """MQTT 5 request/response: echo the result to the command's response topic, if it has one."""

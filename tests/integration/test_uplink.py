@@ -155,6 +155,31 @@ async def test_events_made_during_a_broker_outage_arrive_in_order(
     assert read_db(tmp_path / "state.db", "SELECT count(*) FROM outbox") == [(0,)]
 
 
+async def test_commands_sent_in_a_burst_are_applied_in_order_and_share_commits(
+    own_mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    config_path = write_config(tmp_path, own_mosquitto, store="burst1")
+    db, uplink, task = await make_uplink(config_path)
+    try:
+        async with head_office(own_mosquitto, "burst1") as hq:
+            await asyncio.wait_for(uplink.connected.wait(), 10)
+            commits_before = db.commits
+            # published back to back (paho sends them in this order), as a price file's commands come
+            sent = await asyncio.gather(
+                *(hq.send("stock.adjust", {"sku": "B", "delta": n, "reason": "receive"}) for n in range(1, 61))
+            )
+            results = await hq.count(lambda e: e["type"] == "command_result", 60, timeout=30)
+            commits = db.commits - commits_before
+    finally:
+        await stop_uplink(db, uplink, task)
+    assert [e["data"]["command_id"] for e in results] == sent  # answered in the order sent
+    assert all(e["data"]["status"] == "applied" for e in results)
+    ledger = read_db(tmp_path / "state.db", "SELECT delta, on_hand FROM stock_ledger ORDER BY id")
+    assert [row[0] for row in ledger] == list(range(1, 61))  # applied in the order sent
+    assert ledger[-1][1] == sum(range(1, 61))
+    assert commits < 30, f"commands waiting together are committed together ({commits} commits)"
+
+
 async def test_a_broker_that_stops_answering_ends_the_connection_and_loses_nothing(
     own_mosquitto: MosquittoBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
