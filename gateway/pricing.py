@@ -116,6 +116,18 @@ def _instant_ms(field: str, text: str | None) -> int | None:
         raise InvalidItem(field, str(exc)) from None
 
 
+def _net_quantity(text: str, unit: str | None) -> float:
+    try:
+        quantity = float(text)
+    except ValueError:
+        raise InvalidItem("net_quantity", f'"{text}" is not a positive number') from None
+    if not quantity > 0:  # also NaN
+        raise InvalidItem("net_quantity", f'"{text}" is not a positive number')
+    if unit is None:
+        raise InvalidItem("net_quantity", "needs net_unit")
+    return quantity
+
+
 def check_item(item: PriceItem) -> PriceChange:
     """The values of an item whose shape pydantic checked; raises InvalidItem naming the field."""
     currency = item["currency"]
@@ -126,16 +138,7 @@ def check_item(item: PriceItem) -> PriceChange:
     if gtin is not None and not gtin_is_valid(gtin):
         raise InvalidItem("gtin", f'"{gtin}" is not a GTIN-8/12/13/14 with a valid check digit')
     net_text, net_unit = item.get("net_quantity"), item.get("net_unit")
-    net_quantity = None
-    if net_text is not None:
-        try:
-            net_quantity = float(net_text)
-        except ValueError:
-            net_quantity = -1.0
-        if not net_quantity > 0:
-            raise InvalidItem("net_quantity", f'"{net_text}" is not a positive number')
-        if net_unit is None:
-            raise InvalidItem("net_quantity", "needs net_unit")
+    net_quantity = None if net_text is None else _net_quantity(net_text, net_unit)
     return PriceChange(
         item["sku"],
         gtin,
@@ -261,9 +264,8 @@ def find_by_gtin(conn: sqlite3.Connection, gtin: str) -> Price | None:
 # apply_changes knows which is which from the versions it reads first. Most items carry no promo
 # and no net quantity; their statements bind 7 values instead of 11, which makes the insert of a
 # price file a third faster (bench/price_file.py).
-_COLUMNS_ALL = "sku, gtin, name, currency, price_minor, promo_price_minor, promo_until_ms, net_quantity, net_unit"
 _INSERT = f"""
-INSERT INTO products ({_COLUMNS_ALL}, version, updated_ms) VALUES (?, ?, coalesce(?, ''), ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO products ({_COLUMNS}, updated_ms) VALUES (?, ?, coalesce(?, ''), ?, ?, ?, ?, ?, ?, ?, ?)
 """
 _INSERT_PLAIN = """
 INSERT INTO products (sku, gtin, name, currency, price_minor, version, updated_ms)

@@ -157,6 +157,7 @@ def test_every_bad_value_of_a_price_file_is_named_and_nothing_is_applied(db: Sta
             item(sku="B2", price="1.999"),
             item(sku="B3", net_quantity="0.5"),
             item(sku="B4", promo_until="tomorrow"),
+            item(sku="B5", net_quantity="nan", net_unit="kg"),
         ),
     )
     assert result.status == "rejected"
@@ -165,6 +166,7 @@ def test_every_bad_value_of_a_price_file_is_named_and_nothing_is_applied(db: Sta
         "data.items[2].price",
         "data.items[3].net_quantity",
         "data.items[4].promo_until",
+        "data.items[5].net_quantity",
     ]
     assert result.errors[1].message == '"1.999" has more than 2 decimals for EUR'
     assert db.conn.execute("SELECT count(*) FROM products").fetchone()[0] == 0
