@@ -241,6 +241,15 @@ def test_seq_rises_by_one_across_restarts_even_when_the_outbox_was_emptied(tmp_p
     second.close_sync()
 
 
+def test_event_ids_are_random_uuid4_hex() -> None:
+    import uuid
+
+    ids = [outbox.event_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    parsed = [uuid.UUID(i) for i in ids[:100]]
+    assert all(u.version == 4 and u.variant == uuid.RFC_4122 and u.hex == i for u, i in zip(parsed, ids, strict=False))
+
+
 async def test_group_commit_keeps_a_failing_job_apart(tmp_path: Path) -> None:
     db = StateDB(tmp_path / "state.db")
     await db.start()
