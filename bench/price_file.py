@@ -1,9 +1,9 @@
 """A 100k-item price file through the real command path vs a bare SQLite executemany of the same rows.
 
-Three pushes of the file as `price.set` commands, handed to the writer as the uplink does (up to
-COMMANDS_AHEAD waiting at once, applied in order):
-into an empty cache (vs a bare INSERT executemany), the same file again (every item stale), and a
-newer version of every price (vs a bare UPDATE executemany): the nightly case.
+Three pushes of the file as `price.set` commands of 1000 items, handed to the writer as the uplink
+does (up to COMMANDS_AHEAD waiting at once, applied in order): into an empty cache (vs a bare
+INSERT executemany), the same file again (every item stale), and a newer version of every price
+(vs a bare UPDATE executemany): the nightly case.
 
 Run: .venv/bin/python bench/price_file.py [--items 100000]
 """
