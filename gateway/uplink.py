@@ -45,6 +45,8 @@ from gateway.timeutil import rfc3339, utc_now
 log = logging.getLogger(__name__)
 
 CommandHandler = Callable[[bytes, str], Awaitable[CommandResult]]
+# Commands taken from the broker, in arrival order, each with the task applying it (None: not recorded).
+Applying = asyncio.Queue[tuple[aiomqtt.Message, "asyncio.Task[CommandResult | None]"]]
 
 _BACKOFF_START_S = 0.5
 _BACKOFF_CAP_S = 30.0
@@ -261,10 +263,8 @@ class Uplink:
         await client.publish(self.topics.state, self._state_payload("online"), qos=1, retain=True)
         self._set_state("online")
         async with asyncio.TaskGroup() as group:
-            receiver = group.create_task(self._receive(client), name="uplink-commands")
+            group.create_task(self._receive(client), name="uplink-commands")
             group.create_task(self._publish_outbox(client), name="uplink-outbox")
-            await self._stopping.wait()
-            receiver.cancel()
         with contextlib.suppress(aiomqtt.MqttError):
             await client.publish(self.topics.state, self._state_payload("offline"), qos=1, retain=True, timeout=2)
         log.info("uplink: offline state published, disconnecting")
@@ -274,17 +274,29 @@ class Uplink:
 
         Up to `COMMANDS_AHEAD` commands wait in the writer's queue at once, so one commit (one fsync
         of the SD card) takes several of them; the writer applies them in arrival order, and they are
-        acknowledged and answered in that order.
+        acknowledged and answered in that order. At stop no new command is taken, and those already
+        taken are answered and acknowledged (for up to 2 s) rather than offered again next time.
         """
-        applying: asyncio.Queue[tuple[aiomqtt.Message, asyncio.Task[CommandResult | None]]]
-        applying = asyncio.Queue(COMMANDS_AHEAD)
+        applying: Applying = asyncio.Queue()
+        room = asyncio.Semaphore(COMMANDS_AHEAD)
         async with asyncio.TaskGroup() as group:
-            group.create_task(self._acknowledge(client, applying), name="uplink-acks")
-            async for message in client.messages:
-                payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-                # a task starts in creation order, and its first step queues the write: arrival order holds
-                task = group.create_task(self._apply(payload, str(message.topic)), name="uplink-command")
-                await applying.put((message, task))
+            acks = group.create_task(self._acknowledge(client, applying, room), name="uplink-acks")
+            reader = group.create_task(self._take_commands(client, applying, room, group), name="uplink-commands-in")
+            await self._stopping.wait()
+            reader.cancel()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(applying.join(), 2.0)
+            acks.cancel()
+
+    async def _take_commands(
+        self, client: aiomqtt.Client, applying: Applying, room: asyncio.Semaphore, group: asyncio.TaskGroup
+    ) -> None:
+        async for message in client.messages:
+            await room.acquire()  # a stop while waiting here leaves this command with the broker, untouched
+            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            # a task starts in creation order, and its first step queues the write: arrival order holds
+            task = group.create_task(self._apply(payload, str(message.topic)), name="uplink-command")
+            applying.put_nowait((message, task))
 
     async def _apply(self, payload: bytes, topic: str) -> CommandResult | None:
         try:
@@ -294,17 +306,17 @@ class Uplink:
             log.exception("uplink: command on %s could not be recorded", topic)
             return None
 
-    async def _acknowledge(
-        self,
-        client: aiomqtt.Client,
-        applying: asyncio.Queue[tuple[aiomqtt.Message, asyncio.Task[CommandResult | None]]],
-    ) -> None:
+    async def _acknowledge(self, client: aiomqtt.Client, applying: Applying, room: asyncio.Semaphore) -> None:
         while True:
             message, task = await applying.get()
-            result = await task
-            if result is not None:
-                client._client.ack(message.mid, message.qos)
-                await self._respond(client, message, result)
+            try:
+                result = await task
+                if result is not None:
+                    client._client.ack(message.mid, message.qos)
+                    await self._respond(client, message, result)
+            finally:
+                applying.task_done()
+                room.release()
 
     async def _respond(self, client: aiomqtt.Client, message: aiomqtt.Message, result: CommandResult) -> None:
         """MQTT 5 request/response: echo the result to the command's response topic, if it has one."""

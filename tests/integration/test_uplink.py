@@ -180,6 +180,30 @@ async def test_commands_sent_in_a_burst_are_applied_in_order_and_share_commits(
     assert commits < 30, f"commands waiting together are committed together ({commits} commits)"
 
 
+async def test_a_stop_answers_the_commands_it_took_instead_of_leaving_them_to_be_offered_again(
+    own_mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    config_path = write_config(tmp_path, own_mosquitto, store="stop1")
+    db, uplink, task = await make_uplink(config_path)
+    async with head_office(own_mosquitto, "stop1") as hq:
+        await asyncio.wait_for(uplink.connected.wait(), 10)
+        # price files of 1000 items: long enough for the stop to land among them
+        files = [
+            {"items": [{"sku": f"S{n}-{i}", "price": "1.00", "currency": "EUR", "version": 1} for i in range(1000)]}
+            for n in range(40)
+        ]
+        await asyncio.gather(*(hq.send("price.set", data) for data in files))
+        await hq.count(lambda e: e["type"] == "command_result", 1, timeout=10)
+        await stop_uplink(db, uplink, task)  # some commands taken, some in the writer, some still at the broker
+        db, uplink, task = await make_uplink(config_path)
+        await hq.count(lambda e: e["type"] == "command_result", 40, timeout=30)
+        await asyncio.sleep(0.5)  # room for a duplicate answer to show up
+        await stop_uplink(db, uplink, task)
+    statuses = [e["data"]["status"] for e in hq.events if e["type"] == "command_result"]
+    assert statuses == ["applied"] * 40, statuses
+    assert read_db(tmp_path / "state.db", "SELECT count(*) FROM products") == [(40_000,)]
+
+
 async def test_a_broker_that_stops_answering_ends_the_connection_and_loses_nothing(
     own_mosquitto: MosquittoBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
