@@ -1,11 +1,11 @@
-"""Events relayed device -> head office, durably, vs a raw aiomqtt QoS 1 publisher; then a 100k-event outage.
+"""Events relayed device -> head office, durably, vs a raw paho-mqtt QoS 1 publisher; then a 100k-event outage.
 
-Ours: events are created by an in-process producer (200 device tasks, each event its own write job,
-as devices make them, so the group commit does the batching), relayed by the real Uplink from the outbox to a
-private mosquitto, and counted by `mosquitto_sub` in another process. Raw (design.md's baseline):
-a plain paho-mqtt publisher on its own network thread keeping 100 QoS 1 publishes in flight (a
-sliding window), same payload size, counted the same way; and, for reference, a plain aiomqtt
-publisher awaiting windows of 100.
+Ours: events are created by an in-process producer (200 device tasks, each event its own write
+job, as devices make them, so the group commit does the batching), relayed by the real Uplink from
+the outbox to a private mosquitto, and counted by `mosquitto_sub` in another process. Raw
+(design.md's baseline): a plain paho-mqtt publisher on its own network thread keeping 100 QoS 1
+publishes in flight (a sliding window), same payload size, counted the same way; and, for
+reference, a plain aiomqtt publisher awaiting windows of 100.
 
 Run: .venv/bin/python bench/relay.py [--events 20000] [--outage 100000]
 """
@@ -59,11 +59,6 @@ async def wait_sub(proc: subprocess.Popen[bytes], timeout: float) -> float:
     return time.perf_counter()
 
 
-def wait_sub_blocking(proc: subprocess.Popen[bytes], timeout: float) -> float:
-    proc.wait(timeout)
-    return time.perf_counter()
-
-
 def raw_paho(port: int, count: int, payload: bytes, workdir: Path) -> float:
     """paho-mqtt alone: loop_start() thread, a window of 100 unacknowledged QoS 1 publishes."""
     sub = subscriber(port, "bench/paho", count, workdir / "paho.out")
@@ -82,7 +77,8 @@ def raw_paho(port: int, count: int, payload: bytes, workdir: Path) -> float:
         window.acquire()
         if client.publish("bench/paho", payload, qos=1).rc != 0:
             raise RuntimeError("raw paho publish failed")
-    end = wait_sub_blocking(sub, 120)
+    sub.wait(120)
+    end = time.perf_counter()
     client.disconnect()
     client.loop_stop()
     return count / (end - start)

@@ -198,7 +198,6 @@ class Uplink:
             tls_context=tls_context(self.config),
             max_inflight_messages=0,  # no limit in paho (it scans its queue on every PUBACK); our window bounds it
         )
-        client.pending_calls_threshold = self.window * 4
         # PUBACK a command only once its effects are committed (paho's manual ack).
         client._client.manual_ack_set(True)
         return client
