@@ -5,18 +5,26 @@ transaction, so a command is applied exactly once even across a crash, and a com
 before is answered `duplicate` without touching anything. Anything wrong with a command (bad
 JSON, unknown type, a field that fails validation, too large) is answered `rejected` with errors
 that name the field; the gateway never stops for it.
+
+msgspec reads the envelope straight from the bytes and leaves `data` raw until the type is known.
+A bulk command (`price.set`, 100k items a night) has a msgspec decoder (its model's
+`wire_decoder`) that checks its data in the same pass, four times faster than json plus pydantic;
+every other command's data is checked by its pydantic model. The pydantic models are the
+documented schema (docs/asyncapi.yaml): when msgspec refuses something, the model is asked why,
+so that every bad field is named.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import re
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway import outbox
@@ -45,6 +53,10 @@ class CommandModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
+    # A bulk command sets this: its raw data is decoded by msgspec straight to what its handler
+    # takes, and the model only documents it and explains refusals.
+    wire_decoder: ClassVar[msgspec.json.Decoder[Any] | None] = None
+
 
 class Envelope(BaseModel):
     """The command envelope of contract.md §3."""
@@ -55,6 +67,18 @@ class Envelope(BaseModel):
     type: str = Field(min_length=1, max_length=64)
     sent_at: str | None = None
     data: dict[str, Any]
+
+
+class WireEnvelope(msgspec.Struct, forbid_unknown_fields=True):
+    """The envelope as the dispatcher decodes it: the rules of `Envelope` (the documented one), `data` raw."""
+
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    type: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    data: msgspec.Raw
+    sent_at: str | None = None
+
+
+_ENVELOPE = msgspec.json.Decoder(WireEnvelope)
 
 
 @dataclass
@@ -173,6 +197,28 @@ def field_errors(exc: ValidationError, prefix: str) -> list[FieldError]:
     return errors
 
 
+_NAMED_FIELD = re.compile(r"field `([^`]+)`")
+
+
+def msgspec_error(exc: msgspec.ValidationError, prefix: str) -> FieldError:
+    """msgspec's one error ("Expected `str`, got `int` - at `$.items[0].price`") naming the field."""
+    message, _, at = str(exc).partition(" - at `$")
+    path = prefix + at.removesuffix("`")
+    named = _NAMED_FIELD.search(message)  # "Object missing required field `sku`": the field is the name
+    if named:
+        path += ("." if path else "") + named.group(1)
+    return FieldError(path.removeprefix(".") or "(command)", message)
+
+
+def explain(model: type[BaseModel], value: object, exc: msgspec.ValidationError, prefix: str) -> list[FieldError]:
+    """Why msgspec refused `value`: the documented model names every bad field; else msgspec's own error."""
+    try:
+        model.model_validate(value)
+    except ValidationError as refused:
+        return field_errors(refused, prefix)
+    return [msgspec_error(exc, prefix)]
+
+
 class Dispatcher:
     """The registry of command handlers and the one path every command takes."""
 
@@ -181,6 +227,7 @@ class Dispatcher:
         self._specs: dict[str, CommandSpec] = {}
 
     def register(self, name: str, model: type[CommandModel], handler: Handler) -> None:
+        """Handle command `name`: `handler` gets the data as `model` (or its `wire_decoder`) reads it."""
         if name in self._specs:
             raise ValueError(f"command {name} registered twice")
         self._specs[name] = CommandSpec(name, model, handler)
@@ -210,16 +257,12 @@ class Dispatcher:
                 errors=[FieldError("(command)", f"{len(payload)} bytes is over the limit of {self.max_bytes}")],
             )
         try:
-            raw = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return CommandResult(None, "rejected", errors=[FieldError("(command)", f"not valid JSON: {exc}")])
-        if not isinstance(raw, dict):
-            return CommandResult(None, "rejected", errors=[FieldError("(command)", "must be a JSON object")])
-        try:
-            envelope = Envelope.model_validate(raw)
-        except ValidationError as exc:
-            command_id = raw.get("id") if isinstance(raw.get("id"), str) else None
-            return CommandResult(command_id, "rejected", errors=field_errors(exc, ""))
+            envelope = _ENVELOPE.decode(payload)
+        except msgspec.ValidationError as exc:
+            return self._bad_envelope(payload, exc)
+        except msgspec.DecodeError as exc:
+            reason = str(exc).removeprefix("JSON is malformed: ")
+            return CommandResult(None, "rejected", errors=[FieldError("(command)", f"not valid JSON: {reason}")])
         result = CommandResult(envelope.id, "applied", type=envelope.type)
         seen = conn.execute("SELECT status FROM inbox WHERE command_id = ?", (envelope.id,)).fetchone()
         if seen is not None:
@@ -236,11 +279,8 @@ class Dispatcher:
             )
             errors = [FieldError("type", reason)]
         if not errors and spec is not None:
-            try:
-                data = spec.model.model_validate(envelope.data)
-            except ValidationError as exc:
-                errors = field_errors(exc, "data")
-            else:
+            data, errors = self._decode_data(spec, envelope.data)
+            if not errors:
                 errors = self._run(conn, spec, data, envelope.id, now, result)
         if errors:
             result.status = "rejected"
@@ -254,7 +294,32 @@ class Dispatcher:
         return result
 
     @staticmethod
-    def _check_envelope(envelope: Envelope, topic_name: str | None) -> list[FieldError]:
+    def _bad_envelope(payload: bytes, exc: msgspec.ValidationError) -> CommandResult:
+        try:
+            raw = msgspec.json.decode(payload)  # valid JSON of the wrong shape
+        except msgspec.DecodeError:
+            return CommandResult(None, "rejected", errors=[msgspec_error(exc, "")])
+        if not isinstance(raw, dict):
+            return CommandResult(None, "rejected", errors=[FieldError("(command)", "must be a JSON object")])
+        command_id = raw.get("id") if isinstance(raw.get("id"), str) else None
+        return CommandResult(command_id, "rejected", errors=explain(Envelope, raw, exc, ""))
+
+    @staticmethod
+    def _decode_data(spec: CommandSpec, raw: msgspec.Raw) -> tuple[Any, list[FieldError]]:
+        """The command's data as its handler takes it, or the errors naming each bad field."""
+        decoder = spec.model.wire_decoder
+        if decoder is not None:
+            try:
+                return decoder.decode(raw), []
+            except msgspec.ValidationError as exc:
+                return None, explain(spec.model, msgspec.json.decode(raw), exc, "data")
+        try:
+            return spec.model.model_validate(msgspec.json.decode(raw)), []
+        except ValidationError as exc:
+            return None, field_errors(exc, "data")
+
+    @staticmethod
+    def _check_envelope(envelope: WireEnvelope, topic_name: str | None) -> list[FieldError]:
         errors = []
         if topic_name is not None and topic_name != envelope.type:
             errors.append(FieldError("type", f'"{envelope.type}" does not match the topic\'s command "{topic_name}"'))
@@ -269,7 +334,7 @@ class Dispatcher:
     def _run(
         conn: sqlite3.Connection,
         spec: CommandSpec,
-        data: CommandModel,
+        data: object,
         command_id: str,
         now: datetime,
         result: CommandResult,

@@ -172,6 +172,116 @@ def test_every_bad_value_of_a_price_file_is_named_and_nothing_is_applied(db: Sta
     assert db.conn.execute("SELECT count(*) FROM products").fetchone()[0] == 0
 
 
+def test_every_bad_shape_of_a_price_file_is_named(db: StateDB, dispatcher: Dispatcher) -> None:
+    # msgspec stops at the first; the documented pydantic model is asked and names them all
+    result = send(
+        db,
+        dispatcher,
+        price_cmd("c1", item(sku="OK"), item(sku="B1", price=3), item(sku="B2", colour="red"), {"sku": "B3"}),
+    )
+    assert result.status == "rejected"
+    fields = [e.field for e in result.errors]
+    assert fields[:2] == ["data.items[1].price", "data.items[2].colour"]
+    assert {"data.items[3].price", "data.items[3].currency", "data.items[3].version"} <= set(fields)
+    assert result.errors[0].message.startswith("must be a string; money is a decimal string")
+    assert db.conn.execute("SELECT count(*) FROM products").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        ({"currency": "eur"}, "currency"),
+        ({"currency": "EURO"}, "currency"),
+        ({"sku": "A\x01"}, "sku"),
+        ({"sku": ""}, "sku"),
+        ({"sku": "S" * 65}, "sku"),
+        ({"name": "n" * 201}, "name"),
+        ({"version": 2**63}, "version"),
+        ({"version": True}, "version"),
+        ({"version": 1.0}, "version"),
+        ({"gtin": "٣٠١٧٦٢٠٤٢٢٠٠٣"}, "gtin"),  # Arabic-Indic digits: \d in a pattern, not a GTIN
+        ({"gtin": 3017620422003}, "gtin"),
+        ({"net_unit": "g", "net_quantity": "500"}, "net_unit"),
+        ({"promo_price": "1,50"}, "promo_price"),
+        ({"price": None}, "price"),
+    ],
+)
+def test_the_fast_decoder_refuses_what_the_documented_schema_refuses(
+    db: StateDB, dispatcher: Dispatcher, bad: dict[str, Any], field: str
+) -> None:
+    result = send(db, dispatcher, price_cmd("c1", {**item(), **bad}))
+    assert result.status == "rejected", bad
+    assert [e.field for e in result.errors] == [f"data.items[0].{field}"], result.errors
+    assert result.errors[0].message
+    assert db.conn.execute("SELECT count(*) FROM products").fetchone()[0] == 0
+
+
+def test_the_two_declarations_of_a_price_item_agree() -> None:
+    import msgspec
+    from pydantic import TypeAdapter
+
+    from gateway.pricing import PriceItem, PriceItemSchema
+
+    documented = TypeAdapter(PriceItemSchema).json_schema()
+    fields = msgspec.structs.fields(PriceItem)
+    assert [f.name for f in fields] == list(documented["properties"])
+    assert {f.name for f in fields if f.required} == set(documented["required"])
+
+
+def test_a_refusal_the_documented_model_does_not_explain_names_the_field_from_msgspec(db: StateDB) -> None:
+    import msgspec
+
+    from gateway.commands import CommandModel, Outcome
+
+    class Strict(msgspec.Struct):
+        count: int
+        label: str  # the wire decoder needs it, the documented model does not
+
+    class Loose(CommandModel):
+        wire_decoder = msgspec.json.Decoder(Strict)
+        count: int
+
+    dispatcher = Dispatcher()
+    dispatcher.register("test.strict", Loose, lambda context, data: Outcome(applied=data.count))
+    ok = send(db, dispatcher, {"id": "t1", "type": "test.strict", "data": {"count": 2, "label": "x"}})
+    assert (ok.status, ok.applied) == ("applied", 2)
+    refused = send(db, dispatcher, {"id": "t2", "type": "test.strict", "data": {"count": 2}})
+    assert refused.status == "rejected"
+    assert [e.as_json() for e in refused.errors] == [
+        {"field": "data.label", "message": "Object missing required field `label`"}
+    ]
+
+
+def test_msgspec_errors_name_the_field() -> None:
+    import msgspec
+
+    from gateway.commands import msgspec_error
+    from gateway.pricing import PriceItems
+
+    decoder = msgspec.json.Decoder(PriceItems)
+    cases = {
+        b'{"items": [{"sku": "A", "price": 1, "currency": "EUR", "version": 1}]}': "data.items[0].price",
+        b'{"items": [{"sku": "A", "currency": "EUR", "version": 1}]}': "data.items[0].price",
+        b'{"items": [{"sku": "A", "price": "1", "currency": "EUR", "version": 1, "x": 0}]}': "data.items[0].x",
+        b'{"items": []}': "data.items",
+        b'{"things": []}': "data.things",
+    }
+    for payload, field in cases.items():
+        with pytest.raises(msgspec.ValidationError) as refused:
+            decoder.decode(payload)
+        assert msgspec_error(refused.value, "data").field == field, payload
+
+
+def test_a_scheduled_price_is_stored_compactly_and_applied(db: StateDB, dispatcher: Dispatcher) -> None:
+    at = datetime.now(UTC) + timedelta(hours=1)
+    send(db, dispatcher, price_cmd("c1", item(version=2, price="0.80", name="Lait", valid_from=rfc3339(at))))
+    (stored,) = db.conn.execute("SELECT item FROM price_schedule").fetchone()
+    assert json.loads(stored) == {"sku": "A1", "price": "0.80", "currency": "EUR", "name": "Lait",
+                                  "valid_from": rfc3339(at), "version": 2}  # fmt: skip
+    assert db.transaction(lambda conn: apply_due(conn, at)) == ["A1"]
+    assert get_price(db.conn, "A1").price_minor == 80  # type: ignore[union-attr]
+
+
 def test_a_price_scheduled_by_the_previous_release_is_still_applied(db: StateDB) -> None:
     # that release stored the item as a pydantic model dump: every field, absent ones as null
     stored = {
