@@ -15,6 +15,7 @@ import asyncio
 import gc
 import json
 import sqlite3
+import statistics
 import tempfile
 import time
 from decimal import Decimal
@@ -28,12 +29,12 @@ from gateway.commands import CommandResult, Dispatcher, WireEnvelope
 from gateway.config import parse_config
 from gateway.db import StateDB
 from gateway.labels.service import LabelService
-from gateway.pricing import PriceItems, PricingService, check_items
+from gateway.pricing import PriceSet, PricingService, check_items
 from gateway.service import Gateway
 from gateway.supervisor import Supervisor
 from gateway.uplink import COMMANDS_AHEAD
 
-WIRE, PRICE_SET = msgspec.json.Decoder(WireEnvelope), msgspec.json.Decoder(PriceItems)
+WIRE = msgspec.json.Decoder(WireEnvelope)
 
 RAW_SCHEMA = (
     "CREATE TABLE products (sku TEXT PRIMARY KEY, gtin TEXT, name TEXT, currency TEXT, price_minor INTEGER, "
@@ -136,12 +137,6 @@ async def ours(path: Path, pushes: dict[str, list[bytes]], count: int) -> dict[s
     return timed
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--items", type=int, default=100_000)
@@ -156,8 +151,7 @@ def main() -> None:
         "update": commands(newer, args.chunk, "v2-c"),
     }
     # The daemon holds one command at a time; the bench's own 100k input dicts are not walked by the collector.
-    raw_rows = [dict(item) for item in items]
-    del items, newer
+    del newer
     gc.collect()
     gc.freeze()
     rounds: list[dict[str, float]] = []
@@ -165,7 +159,7 @@ def main() -> None:
         # baseline and ours alternate, each on a fresh database: a noisy machine slows both alike
         with tempfile.TemporaryDirectory() as tmp:
             progress(f"round {round_no}/{args.repeat}: raw executemany of {args.items} rows, then the command path...")
-            raw_insert, raw_update = raw_baseline(Path(tmp) / "raw.db", raw_rows)
+            raw_insert, raw_update = raw_baseline(Path(tmp) / "raw.db", items)
             raw_decoded = raw_decode_and_insert(Path(tmp) / "raw-json.db", pushes["insert"])
             timed = asyncio.run(ours(Path(tmp) / "state.db", pushes, args.items))
         rounds.append(
@@ -181,11 +175,11 @@ def main() -> None:
         )
 
     def median(key: str, digits: int = 3) -> float:
-        return round(_median([r[key] for r in rounds]), digits)
+        return round(statistics.median(r[key] for r in rounds), digits)
 
     start = time.perf_counter()
     for payload in pushes["insert"]:
-        check_items(PRICE_SET.decode(WIRE.decode(payload).data).items)
+        check_items(PriceSet.wire_decoder.decode(WIRE.decode(payload).data).items)
     validation = time.perf_counter() - start
     emit(
         {

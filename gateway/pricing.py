@@ -62,7 +62,7 @@ class InvalidItem(ValueError):
         self.message = message
 
 
-# The price path has two declarations of an item, kept in step by tests/unit/test_codes.py:
+# The price path has two declarations of an item, kept in step by tests/unit/test_commands.py:
 # PriceItem is what the code reads, decoded by msgspec straight from the command's bytes (a
 # 100k-item file in 0.05 s, against 0.2 s for json plus pydantic); the pydantic schema below
 # documents it (docs/asyncapi.yaml) and names every bad field when msgspec refuses a command.
