@@ -24,7 +24,7 @@ from pydantic import ConfigDict, Field, TypeAdapter, with_config
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
 from gateway.commands import CommandContext, CommandModel, CommandRejected, FieldError, Outcome, msgspec_error
-from gateway.money import from_minor, is_currency_code, to_minor
+from gateway.money import exponent, from_minor, is_currency_code, to_minor
 from gateway.service import Service
 from gateway.timeutil import epoch_ms, from_epoch_ms, parse_rfc3339, rfc3339, utc_now
 
@@ -49,8 +49,36 @@ def gtin_is_valid(code: str) -> bool:
     zeros = _ASCII_ZEROS.get(len(code))
     if zeros is None or not code.isascii() or not code.isdigit():
         return False
-    digits = code.encode()  # sums over bytes run in C: this runs for every item of a price file
+    digits = code.encode()  # sums over bytes run in C
     return (sum(digits[-1::-2]) + 3 * sum(digits[-2::-2]) - zeros) % 10 == 0
+
+
+# A digit's ASCII byte -> its value times the weight, mod 10; and a lane sum -> 0 if it is a multiple of 10.
+_WEIGHTED = {weight: bytes.maketrans(b"0123456789", bytes(weight * d % 10 for d in range(10))) for weight in (1, 3)}
+_NOT_MULTIPLE_OF_10 = bytes(int(v % 10 != 0) for v in range(256))
+
+
+def gtins_are_valid(codes: Sequence[str]) -> bool:
+    """Whether every code passes `gtin_is_valid`, for a whole column at once.
+
+    The codes are laid side by side, one byte lane each: every digit position is weighted in all lanes
+    by one `bytes.translate`, and the lanes are summed as one big integer. A lane holds at most 14 x 9,
+    so it never carries into the next. A price file's GTINs are checked in C, not one call per item.
+    """
+    lengths = set(map(len, codes))
+    if len(lengths) != 1:
+        return all(map(gtin_is_valid, codes))
+    (length,) = lengths
+    blob = "".join(codes)
+    if length not in _ASCII_ZEROS or not blob.isascii() or not blob.isdigit():
+        return False
+    digits = blob.encode()
+    total = 0
+    for position in range(length):
+        weight = 1 if (length - position) % 2 else 3  # the check digit, last, weighs 1
+        total += int.from_bytes(digits[position::length].translate(_WEIGHTED[weight]), "little")
+    lanes = total.to_bytes(len(codes), "little")
+    return lanes.translate(_NOT_MULTIPLE_OF_10).count(0) == len(codes)
 
 
 class InvalidItem(ValueError):
@@ -66,8 +94,10 @@ class InvalidItem(ValueError):
 # PriceItem is what the code reads, decoded by msgspec straight from the command's bytes (a
 # 100k-item file in 0.05 s, against 0.2 s for json plus pydantic); the pydantic schema below
 # documents it (docs/asyncapi.yaml) and names every bad field when msgspec refuses a command.
-class PriceItem(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
-    """One sku's price as head office sends it (contract.md, `price.set`); `check_item` checks values."""
+# gc=False: it holds only strings and numbers, so it can never be in a cycle; 100k of them a night
+# are then no work for the garbage collector (and decode a tenth faster).
+class PriceItem(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True, gc=False):
+    """One sku's price as head office sends it (contract.md, `price.set`); `check_items` checks values."""
 
     sku: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     price: str
@@ -89,6 +119,8 @@ class PriceItems(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _ITEM_DECODER = msgspec.json.Decoder(PriceItem)
+_ITEM_FIELDS: tuple[str, ...] = PriceItem.__struct_fields__
+_FIELD_ORDER = {name: n for n, name in enumerate(_ITEM_FIELDS)}
 
 
 @with_config(ConfigDict(extra="forbid", strict=True))
@@ -117,7 +149,7 @@ class PriceSet(CommandModel):
 
 
 class PriceChange(NamedTuple):
-    """One checked item in the units the cache stores; the first ten fields are a `products` row."""
+    """One checked item in the units the cache stores."""
 
     sku: str
     gtin: str | None
@@ -130,23 +162,96 @@ class PriceChange(NamedTuple):
     net_unit: str | None
     version: int
     valid_from_ms: int | None
-    item: PriceItem
 
 
-def _minor(field: str, amount: str, currency: str) -> int:
-    try:
-        return to_minor(amount, currency)
-    except ValueError as exc:
-        raise InvalidItem(field, str(exc)) from None
+@dataclass(frozen=True)
+class PriceBatch:
+    """The checked items of one `price.set` (or of the schedule), column by column, in the units the cache stores.
+
+    Columns rather than an object per item: a nightly file is 100k items, and each check of `_check` is
+    one pass over a column in C; the per-item rules run only to name the fields of a column that fails.
+    Position i of every column belongs to `items[i]`.
+    """
+
+    items: Sequence[PriceItem]
+    sku: Sequence[str]
+    gtin: Sequence[str | None]
+    name: Sequence[str | None]
+    currency: Sequence[str]
+    price_minor: Sequence[int]
+    promo_price_minor: Sequence[int | None]
+    promo_until_ms: Sequence[int | None]
+    net_quantity: Sequence[float | None]
+    net_unit: Sequence[str | None]
+    version: Sequence[int]
+    valid_from_ms: Sequence[int | None]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def change(self, index: int) -> PriceChange:
+        """Item `index` as one record."""
+        return PriceChange(*(getattr(self, name)[index] for name in PriceChange._fields))
+
+    @property
+    def plain(self) -> bool:
+        """No item has a promo or a net quantity (most price files): the rows bind fewer values."""
+        n = len(self.items)
+        return all(
+            column.count(None) == n
+            for column in (self.promo_price_minor, self.promo_until_ms, self.net_quantity, self.net_unit)
+        )
 
 
-def _instant_ms(field: str, text: str | None) -> int | None:
-    if text is None:
-        return None
-    try:
-        return epoch_ms(parse_rfc3339(text))
-    except ValueError as exc:
-        raise InvalidItem(field, str(exc)) from None
+Problem = tuple[int, str, str]  # item index, field, message
+
+
+@functools.cache
+def _canonical_amounts(places: int) -> re.Pattern[str]:
+    """Amounts written exactly as the cache would write them back ("12.99" for EUR), one a line."""
+    amount = r"[0-9]{1,12}" + (rf"\.[0-9]{{{places}}}" if places else "")
+    return re.compile(rf"{amount}(?:\n{amount})*")
+
+
+def _minor_column(
+    field: str, amounts: Sequence[str | None], currencies: Sequence[str], problems: list[Problem]
+) -> Sequence[int | None]:
+    """Amounts (None stays None) in minor units; one regex pass when every amount is canonical."""
+    n = len(amounts)
+    if amounts.count(None) == n:
+        return amounts  # type: ignore[return-value]  # all None
+    distinct = set(currencies)
+    if len(distinct) == 1 and amounts.count(None) == 0:
+        joined = "\n".join(amounts)  # type: ignore[arg-type]  # no None, checked above
+        if _canonical_amounts(exponent(*distinct)).fullmatch(joined):
+            minor = list(map(int, joined.replace(".", "").split("\n")))
+            if len(minor) == n:  # else an amount held a newline of its own
+                return minor
+    column: list[int | None] = []
+    for index, (amount, currency) in enumerate(zip(amounts, currencies, strict=True)):
+        if amount is None:
+            column.append(None)
+            continue
+        try:
+            column.append(to_minor(amount, currency))
+        except ValueError as exc:
+            problems.append((index, field, str(exc)))
+            column.append(None)
+    return column
+
+
+def _instant_column(field: str, texts: Sequence[str | None], problems: list[Problem]) -> Sequence[int | None]:
+    """RFC 3339 times (None stays None) as epoch milliseconds."""
+    if texts.count(None) == len(texts):
+        return texts  # type: ignore[return-value]  # all None
+    column: list[int | None] = []
+    for index, text in enumerate(texts):
+        try:
+            column.append(None if text is None else epoch_ms(parse_rfc3339(text)))
+        except ValueError as exc:
+            problems.append((index, field, str(exc)))
+            column.append(None)
+    return column
 
 
 def _net_quantity(text: str, unit: str | None) -> float:
@@ -161,41 +266,75 @@ def _net_quantity(text: str, unit: str | None) -> float:
     return quantity
 
 
-def check_item(item: PriceItem) -> PriceChange:
-    """The values of an item whose shape msgspec checked; raises InvalidItem naming the field."""
-    sku, currency = item.sku, item.currency
-    if not sku.isprintable() and _CONTROL.search(sku):
-        raise InvalidItem("sku", "must not contain control characters")
-    if not is_currency_code(currency):
-        raise InvalidItem("currency", f'"{currency}" is not an ISO 4217 code such as "EUR"')
-    price_minor = _minor("price", item.price, currency)
-    promo_price = item.promo_price
-    promo_minor = None if promo_price is None else _minor("promo_price", promo_price, currency)
-    gtin = item.gtin
-    if gtin is not None and not gtin_is_valid(gtin):
-        raise InvalidItem("gtin", f'"{gtin}" is not a GTIN-8/12/13/14 with a valid check digit')
-    net_text, net_unit = item.net_quantity, item.net_unit
-    net_quantity = None if net_text is None else _net_quantity(net_text, net_unit)
-    return PriceChange(
-        sku,
-        gtin,
-        item.name,
-        currency,
-        price_minor,
-        promo_minor,
-        _instant_ms("promo_until", item.promo_until),
-        net_quantity,
-        net_unit,
-        item.version,
-        _instant_ms("valid_from", item.valid_from),
-        item,
+def _net_quantity_column(
+    texts: Sequence[str | None], units: Sequence[str | None], problems: list[Problem]
+) -> Sequence[float | None]:
+    if texts.count(None) == len(texts):
+        return texts  # type: ignore[return-value]  # all None
+    column: list[float | None] = []
+    for index, (text, unit) in enumerate(zip(texts, units, strict=True)):
+        try:
+            column.append(None if text is None else _net_quantity(text, unit))
+        except InvalidItem as exc:
+            problems.append((index, exc.field, exc.message))
+            column.append(None)
+    return column
+
+
+def _check(items: Sequence[PriceItem]) -> tuple[PriceBatch, list[Problem]]:
+    """The items' values, checked column by column, and every problem found (by item, then field)."""
+    if items:
+        rows = map(msgspec.structs.astuple, items)
+        columns: dict[str, tuple[Any, ...]] = dict(zip(_ITEM_FIELDS, zip(*rows, strict=True), strict=True))
+    else:
+        columns = dict.fromkeys(_ITEM_FIELDS, ())
+    problems: list[Problem] = []
+    sku, currency, gtin = columns["sku"], columns["currency"], columns["gtin"]
+    if not "".join(sku).isprintable():  # something unprintable somewhere: find the control characters
+        problems += [(i, "sku", "must not contain control characters") for i, s in enumerate(sku) if _CONTROL.search(s)]
+    for code in set(currency):
+        if not is_currency_code(code):
+            message = f'"{code}" is not an ISO 4217 code such as "EUR"'
+            problems += [(i, "currency", message) for i, c in enumerate(currency) if c == code]
+    price_minor = _minor_column("price", columns["price"], currency, problems)
+    promo_price_minor = _minor_column("promo_price", columns["promo_price"], currency, problems)
+    given = gtin if gtin.count(None) == 0 else [g for g in gtin if g is not None]
+    if given and not gtins_are_valid(given):
+        problems += [
+            (i, "gtin", f'"{g}" is not a GTIN-8/12/13/14 with a valid check digit')
+            for i, g in enumerate(gtin)
+            if g is not None and not gtin_is_valid(g)
+        ]
+    batch = PriceBatch(
+        items=items,
+        sku=sku,
+        gtin=gtin,
+        name=columns["name"],
+        currency=currency,
+        price_minor=price_minor,  # type: ignore[arg-type]  # never None: price is required
+        promo_price_minor=promo_price_minor,
+        promo_until_ms=_instant_column("promo_until", columns["promo_until"], problems),
+        net_quantity=_net_quantity_column(columns["net_quantity"], columns["net_unit"], problems),
+        net_unit=columns["net_unit"],
+        version=columns["version"],
+        valid_from_ms=_instant_column("valid_from", columns["valid_from"], problems),
     )
+    problems.sort(key=lambda problem: (problem[0], _FIELD_ORDER[problem[1]]))
+    return batch, problems
+
+
+def check_items(items: Sequence[PriceItem]) -> PriceBatch:
+    """Every item of a `price.set`; one bad value rejects the command, naming each bad field."""
+    batch, problems = _check(items)
+    if problems:
+        raise CommandRejected([FieldError(f"data.items[{i}].{field}", message) for i, field, message in problems])
+    return batch
 
 
 _ITEM_SCHEMA = TypeAdapter(PriceItemSchema)
 
 
-def validate_item(raw: object) -> PriceChange:
+def validate_item(raw: object) -> PriceItem:
     """One item from outside (a CSV line): raises pydantic's ValidationError or InvalidItem, naming the field."""
     try:
         item = msgspec.convert(raw, PriceItem)
@@ -203,25 +342,16 @@ def validate_item(raw: object) -> PriceChange:
         _ITEM_SCHEMA.validate_python(raw)  # names every bad field
         error = msgspec_error(exc, "")
         raise InvalidItem(error.field, error.message) from None
-    return check_item(item)
+    _, problems = _check([item])
+    if problems:
+        _, field, message = problems[0]
+        raise InvalidItem(field, message)
+    return item
 
 
-def stored_item(text: str | bytes) -> PriceChange:
-    """A scheduled item as `apply_changes` stored it (also the previous release's full dump)."""
-    return check_item(_ITEM_DECODER.decode(text))
-
-
-def check_items(items: Sequence[PriceItem]) -> list[PriceChange]:
-    """Every item of a `price.set`; one bad value rejects the command, naming each bad field."""
-    changes, errors = [], []
-    for index, item in enumerate(items):
-        try:
-            changes.append(check_item(item))
-        except InvalidItem as exc:
-            errors.append(FieldError(f"data.items[{index}].{exc.field}", exc.message))
-    if errors:
-        raise CommandRejected(errors)
-    return changes
+def stored_items(texts: Iterable[str | bytes]) -> PriceBatch:
+    """Scheduled items as `apply_changes` stored them (also the previous release's full dump)."""
+    return check_items([_ITEM_DECODER.decode(text) for text in texts])
 
 
 @dataclass(frozen=True)
@@ -309,9 +439,8 @@ def find_by_gtin(conn: sqlite3.Connection, gtin: str) -> Price | None:
 
 
 # A sku new to the cache is inserted, a known one updated: both are cheaper than an upsert, and
-# apply_changes knows which is which from the versions it reads first. Most items carry no promo
-# and no net quantity; their statements bind 7 values instead of 11, which makes the insert of a
-# price file a third faster (bench/price_file.py).
+# apply_changes knows which is which from the versions it reads first. A batch with no promo and no
+# net quantity (most price files) binds 7 values instead of 11: a third faster on the insert.
 _INSERT = f"""
 INSERT INTO products ({_COLUMNS}, updated_ms) VALUES (?, ?, coalesce(?, ''), ?, ?, ?, ?, ?, ?, ?, ?)
 """
@@ -319,30 +448,39 @@ _INSERT_PLAIN = """
 INSERT INTO products (sku, gtin, name, currency, price_minor, version, updated_ms)
 VALUES (?, ?, coalesce(?, ''), ?, ?, ?, ?)
 """
-# name, gtin and the net quantity are catalogue data: an item that leaves them out keeps what the
-# cache has; a price without a promo ends the promo. The version guard repeats apply_changes' check.
+# name and the net quantity are catalogue data: an item that leaves them out keeps what the cache
+# has; a price without a promo ends the promo. The version guard repeats apply_changes' check.
+# The GTIN is written apart, only when it changes: writing it at all rewrites its index entry.
 _UPDATE = """
-UPDATE products SET gtin = coalesce(?, gtin), name = coalesce(nullif(?, ''), name), currency = ?, price_minor = ?,
+UPDATE products SET name = coalesce(nullif(?, ''), name), currency = ?, price_minor = ?,
     promo_price_minor = ?, promo_until_ms = ?, net_quantity = coalesce(?, net_quantity),
     net_unit = coalesce(?, net_unit), version = ?, updated_ms = ?
 WHERE sku = ? AND version < ?
 """
 _UPDATE_PLAIN = """
-UPDATE products SET gtin = coalesce(?, gtin), name = coalesce(nullif(?, ''), name), currency = ?, price_minor = ?,
+UPDATE products SET name = coalesce(nullif(?, ''), name), currency = ?, price_minor = ?,
     promo_price_minor = NULL, promo_until_ms = NULL, version = ?, updated_ms = ?
 WHERE sku = ? AND version < ?
 """
-_NO_EXTRAS = (None, None, None, None)  # promo price, promo end, net quantity, net unit
+_UPDATE_GTIN = "UPDATE products SET gtin = ? WHERE sku = ?"
 
 
-def _current_versions(conn: sqlite3.Connection, skus: Iterable[str]) -> dict[str, int]:
+def _cached(conn: sqlite3.Connection, skus: Iterable[str]) -> tuple[dict[str, int], dict[str, str | None]]:
+    """The version and the GTIN the cache holds for each of these skus it knows."""
     unique = list(dict.fromkeys(skus))
+    cursor = conn.cursor()
+    cursor.row_factory = None  # plain tuples: a Row object per sku costs a third of the lookup
     versions: dict[str, int] = {}
+    gtins: dict[str, str | None] = {}
     for start in range(0, len(unique), 500):
         chunk = unique[start : start + 500]
         marks = ",".join("?" * len(chunk))
-        versions.update(conn.execute(f"SELECT sku, version FROM products WHERE sku IN ({marks})", chunk).fetchall())
-    return versions
+        for sku, version, gtin in cursor.execute(
+            f"SELECT sku, version, gtin FROM products WHERE sku IN ({marks})", chunk
+        ):
+            versions[sku] = version
+            gtins[sku] = gtin
+    return versions, gtins
 
 
 def _scheduled_versions(conn: sqlite3.Connection, skus: Iterable[str]) -> set[tuple[str, int]]:
@@ -365,44 +503,70 @@ class PriceApplication:
     skipped: int
 
 
-def apply_changes(conn: sqlite3.Connection, changes: Sequence[PriceChange], now: datetime) -> PriceApplication:
-    """Apply or schedule each change in version order; skip stale and replayed ones."""
+def _statement_and_rows(
+    batch: PriceBatch, indexes: list[int], now_ms: int, *, insert: bool
+) -> tuple[str, Iterable[tuple[Any, ...]]]:
+    """The INSERT or UPDATE of the items at `indexes`, with its rows built from the batch's columns."""
+    everything = len(indexes) == len(batch)
+
+    def column(name: str) -> Sequence[Any]:
+        values: Sequence[Any] = getattr(batch, name)
+        return values if everything else [values[i] for i in indexes]
+
+    sku, name, currency, price, version = (column(c) for c in ("sku", "name", "currency", "price_minor", "version"))
+    stamp = [now_ms] * len(sku)
+    if batch.plain:
+        if insert:
+            return _INSERT_PLAIN, zip(sku, column("gtin"), name, currency, price, version, stamp, strict=True)
+        return _UPDATE_PLAIN, zip(name, currency, price, version, stamp, sku, version, strict=True)
+    extras = [column(c) for c in ("promo_price_minor", "promo_until_ms", "net_quantity", "net_unit")]
+    if insert:
+        return _INSERT, zip(sku, column("gtin"), name, currency, price, *extras, version, stamp, strict=True)
+    return _UPDATE, zip(name, currency, price, *extras, version, stamp, sku, version, strict=True)
+
+
+def apply_changes(conn: sqlite3.Connection, batch: PriceBatch, now: datetime) -> PriceApplication:
+    """Apply or schedule each item in version order; skip stale and replayed ones."""
     now_ms = epoch_ms(now)
-    current = _current_versions(conn, (change.sku for change in changes))
-    future = [c for c in changes if c.valid_from_ms is not None and c.valid_from_ms > now_ms]
-    already = _scheduled_versions(conn, (c.sku for c in future)) if future else set()
-    rows: dict[str, list[tuple[Any, ...]]] = {_INSERT_PLAIN: [], _INSERT: [], _UPDATE_PLAIN: [], _UPDATE: []}
-    schedule, applied, scheduled = [], [], []
+    current, gtins = _cached(conn, batch.sku)
+    starts = batch.valid_from_ms
+    # any(): some item has a start at all (0, the epoch, is long past)
+    future = {i for i, at in enumerate(starts) if at is not None and at > now_ms} if any(starts) else set()
+    already = _scheduled_versions(conn, (batch.sku[i] for i in future)) if future else set()
+    inserts: list[int] = []
+    updates: list[int] = []
+    regtin: list[tuple[str, str]] = []
+    schedule: list[tuple[str, int, int | None, str]] = []
+    applied: list[str] = []
+    scheduled: list[str] = []
     skipped = 0
-    for change in changes:
-        sku, version = change.sku, change.version
+    for index, (sku, version, gtin) in enumerate(zip(batch.sku, batch.version, batch.gtin, strict=True)):
         known = current.get(sku)
         if known is not None and version <= known:
             skipped += 1
-            continue
-        if change.valid_from_ms is not None and change.valid_from_ms > now_ms:
+        elif index in future:
             if (sku, version) in already:
                 skipped += 1
                 continue
             already.add((sku, version))
-            schedule.append((sku, version, change.valid_from_ms, msgspec.json.encode(change.item).decode()))
+            schedule.append((sku, version, starts[index], msgspec.json.encode(batch.items[index]).decode()))
             scheduled.append(sku)
-            continue
-        current[sku] = version  # a sku that comes again in this batch is then known: an update
-        plain = change[5:9] == _NO_EXTRAS
-        if known is None and plain:
-            rows[_INSERT_PLAIN].append((*change[:5], version, now_ms))
-        elif known is None:
-            rows[_INSERT].append((*change[:10], now_ms))
-        elif plain:
-            rows[_UPDATE_PLAIN].append((*change[1:5], version, now_ms, sku, version))
         else:
-            rows[_UPDATE].append((*change[1:10], now_ms, sku, version))
-        applied.append(sku)
+            current[sku] = version  # a sku that comes again in this batch is then known: an update
+            if known is None:
+                inserts.append(index)
+            else:
+                updates.append(index)
+                if gtin is not None and gtin != gtins.get(sku):
+                    regtin.append((gtin, sku))
+            applied.append(sku)
     # in this order: a sku new to the cache may come twice in one file, the second time as an update
-    for statement, batch in rows.items():
-        if batch:
-            conn.executemany(statement, batch)
+    if inserts:
+        conn.executemany(*_statement_and_rows(batch, inserts, now_ms, insert=True))
+    if updates:
+        conn.executemany(*_statement_and_rows(batch, updates, now_ms, insert=False))
+    if regtin:
+        conn.executemany(_UPDATE_GTIN, regtin)
     if schedule:
         conn.executemany("INSERT INTO price_schedule (sku, version, valid_from_ms, item) VALUES (?, ?, ?, ?)", schedule)
     return PriceApplication(applied, scheduled, skipped)
@@ -430,7 +594,7 @@ def apply_due(conn: sqlite3.Connection, now: datetime) -> list[str]:
     ).fetchall()
     if not due:
         return []
-    result = apply_changes(conn, [stored_item(row[2]) for row in due], now)
+    result = apply_changes(conn, stored_items(row[2] for row in due), now)
     conn.executemany("DELETE FROM price_schedule WHERE sku = ? AND version = ?", ((r[0], r[1]) for r in due))
     return list(dict.fromkeys(result.applied))
 
@@ -440,8 +604,10 @@ def scheduled_prices(conn: sqlite3.Connection, skus: Iterable[str]) -> list[Pric
     found = []
     for sku in dict.fromkeys(skus):
         cached = get_price(conn, sku)
-        for (item_json,) in conn.execute("SELECT item FROM price_schedule WHERE sku = ? ORDER BY version", (sku,)):
-            change = stored_item(item_json)
+        rows = conn.execute("SELECT item FROM price_schedule WHERE sku = ? ORDER BY version", (sku,)).fetchall()
+        waiting = stored_items(row[0] for row in rows)
+        for index in range(len(waiting)):
+            change = waiting.change(index)
             net_quantity, net_unit = change.net_quantity, change.net_unit
             if cached is not None and net_quantity is None:
                 net_quantity, net_unit = cached.net_quantity, net_unit or cached.net_unit

@@ -135,12 +135,12 @@ def test_price_check_answers_from_the_cache(tmp_path: object) -> None:
 
     from gateway.config import ScannerConfig
     from gateway.db import StateDB
-    from gateway.pricing import apply_changes, validate_item
+    from gateway.pricing import apply_changes, check_items, validate_item
     from gateway.scanning import price_check, reply_line
 
     db = StateDB(Path(str(tmp_path)) / "s.db")
     now = datetime.now(UTC)
-    change = validate_item(
+    item = validate_item(
         {
             "sku": "N1",
             "price": "5.49",
@@ -150,7 +150,7 @@ def test_price_check_answers_from_the_cache(tmp_path: object) -> None:
             "version": 1,
         }
     )
-    db.transaction(lambda conn: apply_changes(conn, [change], now))
+    db.transaction(lambda conn: apply_changes(conn, check_items([item]), now))
     config = ScannerConfig(id="k", port="/dev/null")
     answer = price_check(db.conn, interpret("3017620422003"), now)
     assert reply_line(config, answer) == "Pâte à tartiner\t5,49 €"

@@ -12,7 +12,7 @@ import pytest
 from gateway import outbox
 from gateway.commands import Dispatcher
 from gateway.db import StateDB
-from gateway.pricing import PriceSet, apply_due, get_price, handle_price_set, next_due
+from gateway.pricing import PriceSet, apply_due, find_by_gtin, get_price, handle_price_set, next_due
 from gateway.stock import StockAdjust, StockSet, get_level, handle_stock_adjust, handle_stock_set
 from gateway.timeutil import rfc3339
 
@@ -133,6 +133,41 @@ def test_a_price_without_promo_ends_the_promo_and_keeps_the_net_quantity(db: Sta
     assert (price.net_quantity, price.net_unit) == (0.5, "kg")  # type: ignore[union-attr]
     send(db, dispatcher, price_cmd("c3", item(version=3, price="3.20", promo_price="2.99")))
     assert get_price(db.conn, "A1").promo_price_minor == 299  # type: ignore[union-attr]
+
+
+def test_a_new_gtin_replaces_the_old_one_and_the_till_finds_it(db: StateDB, dispatcher: Dispatcher) -> None:
+    send(db, dispatcher, price_cmd("c1", item(version=1, gtin="3017620422003"), item(sku="B2", gtin="96385074")))
+    # B2 keeps its GTIN (the same again); A1's changes: written apart from the price, found by the scanner
+    send(
+        db,
+        dispatcher,
+        price_cmd("c2", item(version=2, gtin="3017620425035"), item(sku="B2", version=2, gtin="96385074")),
+    )
+    assert find_by_gtin(db.conn, "3017620422003") is None
+    assert find_by_gtin(db.conn, "3017620425035").sku == "A1"  # type: ignore[union-attr]
+    assert find_by_gtin(db.conn, "96385074").version == 2  # type: ignore[union-attr]
+    # a stale item's GTIN is not taken either
+    send(db, dispatcher, price_cmd("c3", item(version=1, gtin="3017620422003")))
+    assert find_by_gtin(db.conn, "3017620425035").sku == "A1"  # type: ignore[union-attr]
+
+
+def test_a_file_mixing_promos_and_plain_prices_treats_each_item_as_alone(db: StateDB, dispatcher: Dispatcher) -> None:
+    until = rfc3339(datetime.now(UTC) + timedelta(days=3))
+    send(db, dispatcher, price_cmd("c1", item(sku="A", price="3.00", promo_price="2.49", promo_until=until,
+                                               net_quantity="0.5", net_unit="kg")))  # fmt: skip
+    # one file, two kinds of item: A without a promo (ends it, keeps its net quantity), B new with one
+    send(db, dispatcher, price_cmd("c2", item(sku="A", version=2, price="3.10"), item(sku="B", promo_price="0.99")))
+    a, b = get_price(db.conn, "A"), get_price(db.conn, "B")
+    assert (a.price_minor, a.promo_price_minor, a.net_quantity, a.net_unit) == (310, None, 0.5, "kg")  # type: ignore[union-attr]
+    assert (b.price_minor, b.promo_price_minor, b.net_quantity) == (1299, 99, None)  # type: ignore[union-attr]
+
+
+def test_amounts_as_head_office_writes_them_in_any_currency(db: StateDB, dispatcher: Dispatcher) -> None:
+    amounts = [("12.9", "EUR", 1290), ("7", "EUR", 700), ("0012.50", "EUR", 1250), ("1200", "JPY", 1200),
+               ("1.250", "KWD", 1250), (".5", "USD", 50)]  # fmt: skip
+    items = [{**item(sku=f"S{n}", price=price), "currency": currency} for n, (price, currency, _) in enumerate(amounts)]
+    assert send(db, dispatcher, price_cmd("c1", *items)).applied == len(amounts)
+    assert [get_price(db.conn, f"S{n}").price_minor for n in range(len(amounts))] == [m for *_, m in amounts]  # type: ignore[union-attr]
 
 
 def test_a_new_sku_twice_in_one_command_ends_at_its_higher_version(db: StateDB, dispatcher: Dispatcher) -> None:

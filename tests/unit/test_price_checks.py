@@ -1,0 +1,165 @@
+"""The column checks of a price file agree with the rules of one item, whatever the input.
+
+`check_items` checks a whole column at once (one regex for the amounts, the GTIN check digits of
+every item in one pass); these properties hold it to the plain per-item rules it must equal:
+`to_minor`, `gtin_is_valid`, the sku and currency rules.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.commands import CommandRejected
+from gateway.money import is_currency_code, to_minor
+from gateway.pricing import PriceItem, check_items, gtin_is_valid, gtins_are_valid
+
+
+def gtin(body: str) -> str:
+    """`body` with its GS1 check digit appended."""
+    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
+    return body + str((10 - total % 10) % 10)
+
+
+def mistyped(code: str, position: int, digit: int) -> str:
+    return code[:position] + str(digit) + code[position + 1 :]
+
+
+@st.composite
+def gtin_codes(draw: st.DrawFn, length: int, clean: bool = False) -> str:
+    """A code of `length` digits with its check digit; unless `clean`, sometimes mistyped or odd."""
+    code = gtin(draw(st.text("0123456789", min_size=length - 1, max_size=length - 1)))
+    kind = "valid" if clean else draw(st.sampled_from(["valid"] * 6 + ["mistyped", "other", "arabic", "text"]))
+    if kind == "mistyped":
+        return mistyped(code, draw(st.integers(0, length - 1)), draw(st.integers(0, 9)))
+    if kind == "other":
+        return gtin(draw(st.text("0123456789", min_size=7, max_size=13)))
+    if kind == "arabic":
+        return code.translate(str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩"))
+    if kind == "text":
+        return draw(st.text(max_size=16))
+    return code
+
+
+GS1_LENGTHS = st.sampled_from([8, 12, 13, 14])
+LENGTHS = st.sampled_from([8, 12, 13, 14, 7, 15])
+# columns as price files hold them: one length, mostly valid, some codes mistyped or odd
+gtin_columns = LENGTHS.flatmap(lambda length: st.lists(gtin_codes(length), max_size=40))
+
+
+@settings(max_examples=400, deadline=None)
+@given(gtin_columns)
+def test_a_gtin_column_is_checked_as_each_code_would_be(codes: list[str]) -> None:
+    assert gtins_are_valid(codes) == all(gtin_is_valid(code) for code in codes)
+
+
+def test_a_gtin_column_with_one_bad_check_digit_among_many_is_refused() -> None:
+    codes = [gtin(f"376{n:09d}") for n in range(5000)]
+    assert gtins_are_valid(codes)
+    codes[4321] = mistyped(codes[4321], 12, (int(codes[4321][12]) + 1) % 10)
+    assert not gtins_are_valid(codes)
+
+
+CANONICAL = st.integers(0, 10**8).map(lambda cents: f"{cents // 100}.{cents % 100:02d}")  # most files
+# valid, but not as the fast path reads them: it must step aside, not misread "12.9" as 1.29
+VALID = st.one_of(
+    CANONICAL, CANONICAL, CANONICAL, st.sampled_from(["12.9", "7", "12.", ".5", "0012.50", "1234567890123.45"])
+)
+AMOUNTS = st.one_of(
+    CANONICAL,
+    st.from_regex(r"[0-9]{1,14}(\.[0-9]{0,4})?", fullmatch=True),
+    st.sampled_from(["12.9", "7", ".5", "12.", "1.999", "1e3", "-1.00", " 12.99", "12.99\n", "1.00\n2.00", "1_000.00"]),
+    st.sampled_from(["١٢.٣٤", "12,99", "NaN", "Infinity", "0012.50", "1234567890123.45", ""]),
+    st.text(max_size=8),
+)
+CLEAN_SKUS = st.from_regex(r"[A-Z0-9-]{1,12}", fullmatch=True)
+SKUS = st.one_of(CLEAN_SKUS, st.text(min_size=1, max_size=6))
+
+
+@st.composite
+def price_items(draw: st.DrawFn) -> list[PriceItem]:
+    """Files of every kind: valid throughout (in EUR, so the fast paths may take them) or odd anywhere."""
+    clean = draw(st.booleans())
+    currencies = ["EUR"] if clean else draw(st.sampled_from([["EUR"], ["EUR", "JPY", "KWD"], ["EUR", "eur"]]))
+    amounts = VALID if clean else AMOUNTS
+    items = []
+    for _ in range(draw(st.integers(1, 25))):
+        items.append(
+            PriceItem(
+                sku=draw(CLEAN_SKUS if clean else SKUS),
+                price=draw(amounts),
+                currency=draw(st.sampled_from(currencies)),
+                gtin=draw(st.none() | (GS1_LENGTHS if clean else LENGTHS).flatmap(lambda n: gtin_codes(n, clean))),
+                promo_price=draw(st.none() | amounts),
+                version=draw(st.integers(0, 2**40)),
+            )
+        )
+    return items
+
+
+_CONTROL = re.compile(r"[\x00-\x1f]")
+
+
+def one_by_one(item: PriceItem) -> tuple[dict[str, Any], set[str]]:
+    """The plain rules, one item and one field at a time: the values, and the fields that break a rule."""
+    values: dict[str, Any] = {}
+    bad = set()
+    if _CONTROL.search(item.sku):
+        bad.add("sku")
+    if not is_currency_code(item.currency):
+        bad.add("currency")
+    for field in ("price", "promo_price"):
+        amount = getattr(item, field)
+        try:
+            values[field] = None if amount is None else to_minor(amount, item.currency)
+        except ValueError:
+            bad.add(field)
+    if item.gtin is not None and not gtin_is_valid(item.gtin):
+        bad.add("gtin")
+    return values, bad
+
+
+@settings(max_examples=300, deadline=None)
+@given(price_items())
+def test_column_checks_agree_with_the_rules_of_one_item(items: list[PriceItem]) -> None:
+    expected = [one_by_one(item) for item in items]
+    refused = {f"data.items[{i}].{field}" for i, (_, bad) in enumerate(expected) for field in bad}
+    if refused:
+        with pytest.raises(CommandRejected) as rejected:
+            check_items(items)
+        assert {error.field for error in rejected.value.errors} == refused
+        return
+    batch = check_items(items)
+    assert list(batch.price_minor) == [values["price"] for values, _ in expected]
+    assert list(batch.promo_price_minor) == [values["promo_price"] for values, _ in expected]
+    assert list(batch.sku) == [item.sku for item in items]
+    assert list(batch.gtin) == [item.gtin for item in items]
+
+
+def test_errors_are_listed_by_item_then_by_field() -> None:
+    items = [
+        PriceItem(sku="B\x01", price="1,00", currency="EUR", gtin="3017620422004", version=1),
+        PriceItem(sku="A", price="1.00", currency="eur", version=1),
+    ]
+    with pytest.raises(CommandRejected) as rejected:
+        check_items(items)
+    assert [e.field for e in rejected.value.errors] == [
+        "data.items[0].sku",
+        "data.items[0].price",
+        "data.items[0].gtin",
+        "data.items[1].currency",
+    ]
+
+
+def test_an_amount_holding_a_line_break_cannot_shift_the_prices_of_the_next_items() -> None:
+    # the amounts are checked as one text, a line each: "1.00\n2.00" would read as two of them
+    items = [PriceItem(sku=f"S{n}", price=price, currency="EUR", version=1) for n, price in enumerate(
+        ["3.00", "1.00\n2.00", "4.00", "5.00"]
+    )]  # fmt: skip
+    with pytest.raises(CommandRejected) as rejected:
+        check_items(items)
+    assert [e.field for e in rejected.value.errors] == ["data.items[1].price"]
