@@ -559,6 +559,8 @@ def apply_changes(conn: sqlite3.Connection, batch: PriceBatch, now: datetime) ->
                 updates.append(index)
                 if gtin is not None and gtin != gtins.get(sku):
                     regtin.append((gtin, sku))
+            if gtin is not None:
+                gtins[sku] = gtin  # what the cache holds once this item is written
             applied.append(sku)
     # in this order: a sku new to the cache may come twice in one file, the second time as an update
     if inserts:

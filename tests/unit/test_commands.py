@@ -151,6 +151,14 @@ def test_a_new_gtin_replaces_the_old_one_and_the_till_finds_it(db: StateDB, disp
     assert find_by_gtin(db.conn, "3017620425035").sku == "A1"  # type: ignore[union-attr]
 
 
+def test_a_gtin_changed_twice_in_one_command_ends_as_its_last_version_says(db: StateDB, dispatcher: Dispatcher) -> None:
+    send(db, dispatcher, price_cmd("c1", item(version=1, gtin="3017620422003")))
+    changes = [item(version=2, gtin="3017620425035"), item(version=3, gtin="3017620422003"), item(version=4)]
+    assert send(db, dispatcher, price_cmd("c2", *changes)).applied == 3
+    assert find_by_gtin(db.conn, "3017620422003").version == 4  # type: ignore[union-attr]
+    assert find_by_gtin(db.conn, "3017620425035") is None
+
+
 def test_a_file_mixing_promos_and_plain_prices_treats_each_item_as_alone(db: StateDB, dispatcher: Dispatcher) -> None:
     until = rfc3339(datetime.now(UTC) + timedelta(days=3))
     send(db, dispatcher, price_cmd("c1", item(sku="A", price="3.00", promo_price="2.49", promo_until=until,

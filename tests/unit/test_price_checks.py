@@ -1,13 +1,17 @@
-"""The column checks of a price file agree with the rules of one item, whatever the input.
+"""A price file checked and applied as a whole does what its items would do one at a time.
 
 `check_items` checks a whole column at once (one regex for the amounts, the GTIN check digits of
-every item in one pass); these properties hold it to the plain per-item rules it must equal:
-`to_minor`, `gtin_is_valid`, the sku and currency rules.
+every item in one pass), and `apply_changes` writes a batch with a few statements; these properties
+hold them to the plain per-item rules (`to_minor`, `gtin_is_valid`, the sku and currency rules) and
+to applying the items one by one.
 """
 
 from __future__ import annotations
 
 import re
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,8 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.commands import CommandRejected
+from gateway.db import StateDB
 from gateway.money import is_currency_code, to_minor
-from gateway.pricing import PriceItem, check_items, gtin_is_valid, gtins_are_valid
+from gateway.pricing import PriceItem, apply_changes, check_items, gtin_is_valid, gtins_are_valid
 
 
 def gtin(body: str) -> str:
@@ -163,3 +168,70 @@ def test_an_amount_holding_a_line_break_cannot_shift_the_prices_of_the_next_item
     with pytest.raises(CommandRejected) as rejected:
         check_items(items)
     assert [e.field for e in rejected.value.errors] == ["data.items[1].price"]
+
+
+# -- a batch ends as the rules of contract.md say, item after item ---------------------------------
+
+POOL_GTINS = ["3017620422003", "96385074"]
+
+
+@st.composite
+def price_files(draw: st.DrawFn) -> list[list[PriceItem]]:
+    """Files over two skus and two GTINs: a sku comes back within a file and from earlier files, mostly
+    newer (each file spans three versions above the last), sometimes stale or equal."""
+    files = []
+    for number in range(draw(st.integers(2, 4))):
+        items = []
+        for _ in range(draw(st.integers(1, 8))):
+            net = draw(st.none() | st.sampled_from([("0.5", "kg"), ("1", "l")]))
+            items.append(
+                PriceItem(
+                    sku=draw(st.sampled_from(["A", "B"])),
+                    price=draw(st.sampled_from(["1.00", "2.50", "3.10"])),
+                    currency="EUR",
+                    gtin=draw(st.none() | st.sampled_from(POOL_GTINS)),
+                    name=draw(st.none() | st.sampled_from(["", "Lait", "Café"])),
+                    promo_price=draw(st.none() | st.sampled_from(["0.99", "1.49"])),
+                    net_quantity=None if net is None else net[0],
+                    net_unit=None if net is None else net[1],
+                    version=2 * number + draw(st.integers(0, 2)),
+                )
+            )
+        files.append(items)
+    return files
+
+
+def by_the_rules(catalogue: dict[str, dict[str, Any]], item: PriceItem) -> bool:
+    """One item applied to a catalogue as contract.md and docs/mqtt-api.md say; whether it applied."""
+    old = catalogue.get(item.sku)
+    if old is not None and item.version <= old["version"]:
+        return False  # stale or replayed: never backwards
+    old = old or {"gtin": None, "name": "", "net_quantity": None, "net_unit": None}
+    catalogue[item.sku] = {
+        "gtin": item.gtin if item.gtin is not None else old["gtin"],  # left out: kept
+        "name": item.name or old["name"],  # left out or empty: kept
+        "currency": item.currency,
+        "price_minor": to_minor(item.price, item.currency),
+        "promo_price_minor": None if item.promo_price is None else to_minor(item.promo_price, item.currency),
+        "net_quantity": float(item.net_quantity) if item.net_quantity is not None else old["net_quantity"],
+        "net_unit": item.net_unit if item.net_unit is not None else old["net_unit"],
+        "version": item.version,
+    }
+    return True
+
+
+@settings(max_examples=200, deadline=None)
+@given(price_files())
+def test_a_price_file_ends_as_its_items_would_one_after_the_other(files: list[list[PriceItem]]) -> None:
+    now = datetime.now(UTC)
+    expected: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        db = StateDB(Path(tmp) / "state.db")
+        for items in files:
+            result = db.transaction(lambda conn, items=items: apply_changes(conn, check_items(items), now))
+            applied = [by_the_rules(expected, item) for item in items]
+            assert (len(result.applied), result.skipped) == (sum(applied), applied.count(False))
+        columns = "sku, gtin, name, currency, price_minor, promo_price_minor, net_quantity, net_unit, version"
+        cached = db.conn.execute(f"SELECT {columns} FROM products ORDER BY sku").fetchall()
+        db.close_sync()
+    assert [dict(row) for row in cached] == [{"sku": sku, **expected[sku]} for sku in sorted(expected)]
