@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,6 +12,12 @@ import pytest
 from tests.peers.mosquitto import MosquittoBroker, make_tls_files, require_mosquitto
 
 _counter = itertools.count()
+
+# Tests that send SIGINT to a child stand for a person pressing Ctrl-C at a terminal. When the suite
+# runs as a background job of a script, bash starts it with SIGINT ignored and every child would
+# inherit that (a Python program then never sees Ctrl-C); a handled signal is reset on exec instead.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
