@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from gateway.commands import field_errors
 from gateway.config import BrokerAddress, check_broker_url
-from gateway.pricing import InvalidItem, validate_item
+from gateway.pricing import InvalidItem, convert_item, price_problems
 from gateway.timeutil import rfc3339, utc_now
 
 CSV_REQUIRED = ("sku", "price", "currency")
@@ -98,30 +98,37 @@ def read_price_csv(path: Path, version: int) -> list[dict[str, Any]]:
         missing = [c for c in CSV_REQUIRED if c not in columns]
         unknown = [c for c in columns if c not in CSV_REQUIRED + CSV_OPTIONAL]
         if missing or unknown:
-            problems = [f"missing column {c}" for c in missing] + [f"unknown column {c}" for c in unknown]
-            raise HqError(
-                f"{path}: " + "; ".join(problems) + f" (columns: {', '.join(CSV_REQUIRED + CSV_OPTIONAL)})", 2
-            )
-        items, problems = [], []
+            wrong = [f"missing column {c}" for c in missing] + [f"unknown column {c}" for c in unknown]
+            raise HqError(f"{path}: " + "; ".join(wrong) + f" (columns: {', '.join(CSV_REQUIRED + CSV_OPTIONAL)})", 2)
+        items: list[dict[str, Any]] = []
+        converted, lines = [], []
+        problems: list[tuple[int, str]] = []  # line, "field: message"
         for row in reader:
+            line = reader.line_num
             item: dict[str, Any] = {k.strip(): v.strip() for k, v in row.items() if k and v is not None and v.strip()}
             try:
                 item["version"] = int(item["version"]) if "version" in item else version
             except ValueError:
-                problems.append(f"line {reader.line_num}: version: not a whole number")
+                problems.append((line, "version: not a whole number"))
                 continue
             try:
-                validate_item(item)
+                converted.append(convert_item(item))
             except ValidationError as exc:
-                problems += [f"line {reader.line_num}: {e.field}: {e.message}" for e in field_errors(exc, "")]
+                problems += [(line, f"{e.field}: {e.message}") for e in field_errors(exc, "")]
                 continue
             except InvalidItem as exc:
-                problems.append(f"line {reader.line_num}: {exc}")
+                problems.append((line, str(exc)))
                 continue
             items.append(item)
+            lines.append(line)
+    # the values of every line in one check: a column at a time, as the gateway checks a price.set
+    problems += [(lines[index], f"{field}: {message}") for index, field, message in price_problems(converted)]
     if problems:
-        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
-        raise HqError(f"{path}: {len(problems)} bad lines, nothing sent:\n" + "\n".join(shown), 2)
+        problems.sort(key=lambda problem: problem[0])
+        shown = [f"line {line}: {text}" for line, text in problems[:20]]
+        shown += [f"... and {len(problems) - 20} more"] if len(problems) > 20 else []
+        bad = len({line for line, _ in problems})
+        raise HqError(f"{path}: {bad} bad lines, nothing sent:\n" + "\n".join(shown), 2)
     if not items:
         raise HqError(f"{path}: no price lines", 2)
     return items

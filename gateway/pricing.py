@@ -217,11 +217,11 @@ def _minor_column(
     field: str, amounts: Sequence[str | None], currencies: Sequence[str], problems: list[Problem]
 ) -> Sequence[int | None]:
     """Amounts (None stays None) in minor units; one regex pass when every amount is canonical."""
-    n = len(amounts)
-    if amounts.count(None) == n:
+    n, missing = len(amounts), amounts.count(None)
+    if missing == n:
         return amounts  # type: ignore[return-value]  # all None
     distinct = set(currencies)
-    if len(distinct) == 1 and amounts.count(None) == 0:
+    if len(distinct) == 1 and missing == 0:
         joined = "\n".join(amounts)  # type: ignore[arg-type]  # no None, checked above
         if _canonical_amounts(exponent(*distinct)).fullmatch(joined):
             minor = list(map(int, joined.replace(".", "").split("\n")))
@@ -334,19 +334,20 @@ def check_items(items: Sequence[PriceItem]) -> PriceBatch:
 _ITEM_SCHEMA = TypeAdapter(PriceItemSchema)
 
 
-def validate_item(raw: object) -> PriceItem:
-    """One item from outside (a CSV line): raises pydantic's ValidationError or InvalidItem, naming the field."""
+def convert_item(raw: object) -> PriceItem:
+    """One item from outside (a CSV line) in the shape of a `price.set` item; its values are checked by
+    `price_problems`, a whole file at once. Raises pydantic's ValidationError or InvalidItem, naming the field."""
     try:
-        item = msgspec.convert(raw, PriceItem)
+        return msgspec.convert(raw, PriceItem)
     except msgspec.ValidationError as exc:
         _ITEM_SCHEMA.validate_python(raw)  # names every bad field
         error = msgspec_error(exc, "")
         raise InvalidItem(error.field, error.message) from None
-    _, problems = _check([item])
-    if problems:
-        _, field, message = problems[0]
-        raise InvalidItem(field, message)
-    return item
+
+
+def price_problems(items: Sequence[PriceItem]) -> list[Problem]:
+    """Every bad value of these items as (index, field, message), by item then field; [] when all are good."""
+    return _check(items)[1]
 
 
 def stored_items(texts: Iterable[str | bytes]) -> PriceBatch:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+from biip.checksums import gs1_standard_check_digit
+
 from gateway.pricing import gtin_is_valid
 
 _BASE = [
@@ -45,11 +47,6 @@ _VARIANTS = [
 ]
 
 
-def _check_digit(body: str) -> str:
-    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
-    return str((10 - total % 10) % 10)
-
-
 @dataclass(frozen=True)
 class DemoProduct:
     sku: str
@@ -69,7 +66,7 @@ def demo_products() -> list[DemoProduct]:
             gtin = "3017620422003"
         else:
             body = f"376000{index:06d}"
-            gtin = body + _check_digit(body)
+            gtin = body + str(gs1_standard_check_digit(body))
         assert gtin_is_valid(gtin)
         adjusted = (Decimal(price) * (1 + Decimal(index // len(_BASE)) / 20)).quantize(Decimal("0.01"))
         products.append(DemoProduct(f"DEMO-{index + 1:04d}", gtin, base + variant, str(adjusted), 5 + index % 17))

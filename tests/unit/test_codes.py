@@ -135,12 +135,12 @@ def test_price_check_answers_from_the_cache(tmp_path: object) -> None:
 
     from gateway.config import ScannerConfig
     from gateway.db import StateDB
-    from gateway.pricing import apply_changes, check_items, validate_item
+    from gateway.pricing import apply_changes, check_items, convert_item
     from gateway.scanning import price_check, reply_line
 
     db = StateDB(Path(str(tmp_path)) / "s.db")
     now = datetime.now(UTC)
-    item = validate_item(
+    item = convert_item(
         {
             "sku": "N1",
             "price": "5.49",

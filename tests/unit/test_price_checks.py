@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from biip.checksums import gs1_standard_check_digit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,9 +26,7 @@ from gateway.pricing import PriceItem, apply_changes, check_items, gtin_is_valid
 
 
 def gtin(body: str) -> str:
-    """`body` with its GS1 check digit appended."""
-    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
-    return body + str((10 - total % 10) % 10)
+    return body + str(gs1_standard_check_digit(body))
 
 
 def mistyped(code: str, position: int, digit: int) -> str:
@@ -235,3 +234,39 @@ def test_a_price_file_ends_as_its_items_would_one_after_the_other(files: list[li
         cached = db.conn.execute(f"SELECT {columns} FROM products ORDER BY sku").fetchall()
         db.close_sync()
     assert [dict(row) for row in cached] == [{"sku": sku, **expected[sku]} for sku in sorted(expected)]
+
+
+# -- hq push-prices checks a CSV the same way, and names each bad line ------------------------------
+
+
+def test_every_bad_line_of_a_price_csv_is_named_and_nothing_is_sent(tmp_path: Path) -> None:
+    from gateway.hq import HqError, read_price_csv
+
+    csv_file = tmp_path / "prices.csv"
+    csv_file.write_text(
+        "sku,price,currency,gtin,version\n"
+        "A1,12.99,EUR,3017620422003,\n"  # line 2: good
+        "A2,1.999,EUR,,\n"  # 3: too many decimals
+        "A3,2.00,EUR,,v7\n"  # 4: version not a number
+        "A4,2.00,euro,3017620422004,\n"  # 5: currency (shape) is checked line by line
+        "A5,1,50,EUR,,\n"  # 6: a comma in the price shifts the columns after it
+        "A6,3.00,EUR,3017620422004,\n"  # 7: bad check digit
+        "A7,3.00,eur,,\n",  # 8: currency not ISO
+        encoding="utf-8",
+    )
+    with pytest.raises(HqError) as refused:
+        read_price_csv(csv_file, version=1)
+    header, *report = str(refused.value).splitlines()
+    assert header.endswith("6 bad lines, nothing sent:")
+    named = [tuple(line.split(": ")[:2]) for line in report]
+    assert named == sorted(named, key=lambda pair: int(pair[0].removeprefix("line ")))  # by line
+    assert {line for line, _ in named} == {f"line {n}" for n in (3, 4, 5, 6, 7, 8)}
+    assert report[0] == 'line 3: price: "1.999" has more than 2 decimals for EUR'
+    assert {field for line, field in named if line == "line 5"} == {"currency", "gtin"}  # every bad field
+    assert ("line 7", "gtin") in named and ("line 8", "currency") in named
+    good = tmp_path / "good.csv"
+    good.write_text("sku,price,currency,gtin\nA1,12.99,EUR,3017620422003\nA2,7,JPY,\n", encoding="utf-8")
+    assert read_price_csv(good, version=5) == [
+        {"sku": "A1", "price": "12.99", "currency": "EUR", "gtin": "3017620422003", "version": 5},
+        {"sku": "A2", "price": "7", "currency": "JPY", "version": 5},
+    ]
