@@ -77,8 +77,8 @@ async def run(config: Config, *, stop: asyncio.Event | None = None) -> int:
 
     tasks: list[asyncio.Task[None]] = []
     uplink_task = loop.create_task(gateway.supervisor.supervise("uplink", uplink.run), name="uplink")
-    for part in gateway.tasks:
-        tasks.append(loop.create_task(gateway.supervisor.supervise(part.name, part.part, part.device), name=part.name))
+    for part in gateway.parts:
+        tasks.append(loop.create_task(gateway.supervisor.supervise(part.name, part.run, part.device), name=part.name))
     watchdog = loop.create_task(_watchdog(), name="watchdog")
     log.info(
         "store-gateway %s running for store %s with %s",

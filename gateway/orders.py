@@ -20,14 +20,16 @@ import functools
 import logging
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
 from gateway import outbox, stock
+from gateway.bus import Transaction
 from gateway.commands import CommandContext, CommandModel, CommandRejected, FieldError, Outcome
-from gateway.pricing import Sku, get_price
+from gateway.domain import DocumentRefused, FlashRequest, PickupScan, PrintRequest, Sku
+from gateway.pricing import get_price
 from gateway.service import Service
 from gateway.timeutil import epoch_ms, from_epoch_ms, parse_rfc3339, utc_now
 
@@ -80,26 +82,8 @@ class OrderReturn(CommandModel):
 
 
 @dataclass(frozen=True)
-class OrderReturned:
-    """Signal: print the return receipt."""
-
-    order: str
-    data: OrderReturn
-
-
-@dataclass(frozen=True)
-class OrderReserved:
-    """Signal: print the pick list and light the labels."""
-
-    order: str
-    skus: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class OrderReady:
-    """Signal: print the pickup (or packing) slip."""
-
-    order: str
+class OrdersChanged:
+    """Signal: an order was reserved (the expiry timer looks again)."""
 
 
 def _lines(conn: sqlite3.Connection, order: str) -> list[dict[str, Any]]:
@@ -253,7 +237,7 @@ def next_expiry(conn: sqlite3.Connection) -> datetime | None:
 
 def handle_reserve(context: CommandContext, data: OrderReserve) -> Outcome:
     short = reserve(context.conn, data, context.now)
-    context.after_commit(OrderReserved(data.order, tuple(line.sku for line in data.lines)))
+    context.after_commit(OrdersChanged())
     return Outcome(applied=len(data.lines) - len(short), skipped=len(short), errors=short)
 
 
@@ -278,8 +262,45 @@ def take_back(conn: sqlite3.Connection, data: OrderReturn) -> None:
 
 def handle_return(context: CommandContext, data: OrderReturn) -> Outcome:
     take_back(context.conn, data)
-    context.after_commit(OrderReturned(data.order, data))
     return Outcome(applied=len(data.lines))
+
+
+def pick_list(conn: sqlite3.Connection, order: str, timezone: tzinfo) -> dict[str, Any]:
+    """The pick list of a reserved order: each line with its name and bin; express orders show their deadline."""
+    items = []
+    for line in _lines(conn, order):
+        price = get_price(conn, line["sku"])
+        item: dict[str, Any] = {"name": (price.name if price else "") or line["sku"], "sku": line["sku"]}
+        item["qty"] = line["reserved"] or line["qty"]
+        if line.get("location"):
+            item["location"] = line["location"]
+        items.append(item)
+    title = "Liste de préparation"
+    deadline = conn.execute(
+        "SELECT deadline_ms FROM orders WHERE order_id = ? AND mode = 'express'", (order,)
+    ).fetchone()
+    if deadline is not None and deadline[0] is not None:
+        title = f"EXPRESS avant {from_epoch_ms(int(deadline[0])).astimezone(timezone):%H:%M}"
+    return {"order": order, "customer": "-", "lines": items, "title": title}
+
+
+def pickup_slip(conn: sqlite3.Connection, order: str) -> dict[str, Any]:
+    """The slip of an order whose every line is picked: a pickup slip, or a packing slip to ship it."""
+    row = conn.execute("SELECT customer, mode FROM orders WHERE order_id = ?", (order,)).fetchone()
+    customer, mode = (None, "collect") if row is None else (row[0], row[1])
+    lines = [{"name": line["sku"], "qty": line["qty"], "sku": line["sku"]} for line in _lines(conn, order)]
+    title = "Bordereau d'expédition" if mode == "ship" else "Retrait commande"
+    return {"order": order, "customer": customer or "-", "lines": lines, "title": title}
+
+
+def return_receipt(data: OrderReturn) -> dict[str, Any]:
+    lines = [{"name": line.sku + (" (abîmé)" if line.condition == "damaged" else ""), "qty": line.qty}
+             for line in data.lines]  # fmt: skip
+    receipt: dict[str, Any] = {"order": data.order, "lines": lines, "refund": data.refund or "0.00",
+                               "currency": data.currency}  # fmt: skip
+    if data.reason:
+        receipt["reason"] = data.reason
+    return receipt
 
 
 def handle_cancel(context: CommandContext, data: OrderRef) -> Outcome:
@@ -302,87 +323,67 @@ def status_section(conn: sqlite3.Connection) -> dict[str, Any] | None:
 
 
 class OrderService(Service):
-    """order.reserve / order.cancel / order.collected, pick lists and slips, pick-to-light, expiry."""
+    """order.reserve / order.cancel / order.collected / order.return, pickup scans, slips, pick-to-light, expiry.
+
+    Its documents and lights are asked of the printing and label services (`PrintRequest`,
+    `FlashRequest`) in the order's own transaction: a pick list is never lost between the reservation
+    and the print queue.
+    """
 
     name = "orders"
 
     def setup(self) -> None:
         dispatcher = self.gateway.dispatcher
-        dispatcher.register("order.reserve", OrderReserve, handle_reserve)
+        dispatcher.register("order.reserve", OrderReserve, self.handle_reserve)
         dispatcher.register("order.cancel", OrderRef, handle_cancel)
         dispatcher.register("order.collected", OrderRef, handle_collected)
-        dispatcher.register("order.return", OrderReturn, handle_return)
-        self.gateway.bus.subscribe(OrderReturned, self._on_returned)
+        dispatcher.register("order.return", OrderReturn, self.handle_return)
+        self.gateway.bus.serve(PickupScan, self.pickup_scan)
         self._changed = asyncio.Event()
-        self.gateway.bus.subscribe(OrderReserved, self._on_reserved)
-        self.gateway.bus.subscribe(OrderReady, self._on_ready)
+        self.gateway.bus.subscribe(OrdersChanged, self._on_changed)
         self.gateway.add_task("orders:expiry", self.run_expiry)
 
-    async def _print(self, document: str, data: dict[str, Any], ref: str) -> None:
-        printer_id = self.gateway.config.orders.printer
-        printer = next((p for p in self.gateway.config.printers if p.id == printer_id), None)
-        if printer is None:
-            return
-        from gateway.printing.documents import StoreHeader
-        from gateway.printing.service import JobQueued, queue_job
-
-        store = self.gateway.config.store
-        header = StoreHeader(store.name, tuple(store.address), store.footer)
-        job = functools.partial(queue_job, printer=printer, document=document, data=data, store=header, ref=ref)
-        await self.gateway.write(job, JobQueued(printer.id))
-
-    async def _on_reserved(self, signal: OrderReserved) -> None:
-        self._changed.set()
-        lines = await self.gateway.db.read(functools.partial(_lines, order=signal.order))
-        prices = await self.gateway.db.read(lambda conn: {line["sku"]: get_price(conn, line["sku"]) for line in lines})
-        pick_list = []
-        for line in lines:
-            price = prices.get(line["sku"])
-            item: dict[str, Any] = {"name": (price.name if price else "") or line["sku"], "sku": line["sku"]}
-            item["qty"] = line["reserved"] or line["qty"]
-            if line.get("location"):
-                item["location"] = line["location"]
-            pick_list.append(item)
-        deadline = await self.gateway.db.read(
-            lambda conn: conn.execute(
-                "SELECT deadline_ms FROM orders WHERE order_id = ? AND mode = 'express'", (signal.order,)
-            ).fetchone()
-        )
-        title = "Liste de préparation"
-        if deadline is not None and deadline[0] is not None:
-            local = from_epoch_ms(int(deadline[0])).astimezone(self.gateway.timezone)
-            title = f"EXPRESS avant {local:%H:%M}"
-        await self._print(
-            "pickup_slip", {"order": signal.order, "customer": "-", "lines": pick_list, "title": title}, signal.order
-        )
+    def handle_reserve(self, context: CommandContext, data: OrderReserve) -> Outcome:
+        """`order.reserve`, then its pick list and pick-to-light, in the same transaction."""
+        outcome = handle_reserve(context, data)
+        self._print(context, "pickup_slip", pick_list(context.conn, data.order, self.gateway.timezone), data.order)
         config = self.gateway.config.orders
         if config.pick_to_light:
-            from gateway.labels.plan import FlashRequested, labels_for_skus
+            skus = tuple(line.sku for line in data.lines)
+            self.gateway.bus.ask(context, FlashRequest(skus, config.flash_color, config.flash_seconds))
+        return outcome
 
-            keys = await self.gateway.db.read(functools.partial(labels_for_skus, skus=signal.skus))
-            if keys:
-                self.gateway.bus.publish(FlashRequested(tuple(keys), config.flash_color, config.flash_seconds))
+    def handle_return(self, context: CommandContext, data: OrderReturn) -> Outcome:
+        """`order.return` (BORIS), and its return receipt in the same transaction."""
+        outcome = handle_return(context, data)
+        self._print(context, "return_receipt", return_receipt(data), data.order)
+        return outcome
 
-    async def _on_ready(self, signal: OrderReady) -> None:
-        def read(conn: sqlite3.Connection) -> tuple[str | None, str, list[dict[str, Any]]]:
-            row = conn.execute("SELECT customer, mode FROM orders WHERE order_id = ?", (signal.order,)).fetchone()
-            return (None if row is None else row[0]), ("collect" if row is None else row[1]), _lines(conn, signal.order)
+    def pickup_scan(self, tx: Transaction, request: PickupScan) -> str:
+        """Serve a `PickupScan`: collect by the order's code, or pick one unit; a completed order prints its slip."""
+        if request.order is not None:
+            return collect_by_scan(tx.conn, request.order)
+        picked = pick(tx.conn, request.sku or "")
+        if picked is None:
+            return "no open order needs this article"
+        order, ready = picked
+        if not ready:
+            return f"picked for order {order}"
+        self._print(tx, "pickup_slip", pickup_slip(tx.conn, order), order)
+        return f"picked for order {order}, order ready"
 
-        customer, mode, lines = await self.gateway.db.read(read)
-        slip_lines = [{"name": line["sku"], "qty": line["qty"], "sku": line["sku"]} for line in lines]
-        title = "Bordereau d'expédition" if mode == "ship" else "Retrait commande"
-        slip = {"order": signal.order, "customer": customer or "-", "lines": slip_lines, "title": title}
-        await self._print("pickup_slip", slip, signal.order)
+    def _print(self, tx: Transaction, document: str, data: dict[str, Any], ref: str) -> None:
+        """Queue a document on the `[orders]` printer, if there is one; a refused document is logged, not fatal."""
+        printer = self.gateway.config.orders.printer
+        if printer is None:
+            return
+        try:
+            self.gateway.bus.ask(tx, PrintRequest(printer, document, data, ref=ref))
+        except DocumentRefused as exc:
+            log.warning("orders: %s for order %s not printed: %s", document, ref, exc)
 
-    async def _on_returned(self, signal: OrderReturned) -> None:
-        data = signal.data
-        lines = [{"name": line.sku + (" (abîmé)" if line.condition == "damaged" else ""), "qty": line.qty}
-                 for line in data.lines]  # fmt: skip
-        receipt: dict[str, Any] = {"order": data.order, "lines": lines, "refund": data.refund or "0.00",
-                                   "currency": data.currency}  # fmt: skip
-        if data.reason:
-            receipt["reason"] = data.reason
-        await self._print("return_receipt", receipt, data.order)
+    async def _on_changed(self, signal: OrdersChanged) -> None:
+        self._changed.set()
 
     async def run_expiry(self) -> None:
         db = self.gateway.db

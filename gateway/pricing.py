@@ -24,19 +24,18 @@ from pydantic import ConfigDict, Field, TypeAdapter, with_config
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
 from gateway.commands import CommandContext, CommandModel, CommandRejected, FieldError, Outcome, msgspec_error
-from gateway.money import exponent, from_minor, is_currency_code, to_minor
+from gateway.domain import MAX_ITEMS, Price, PricesChanged, PricesScheduled, Sku
+from gateway.money import exponent, is_currency_code, to_minor
 from gateway.service import Service
-from gateway.timeutil import epoch_ms, from_epoch_ms, parse_rfc3339, rfc3339, utc_now
+from gateway.timeutil import epoch_ms, from_epoch_ms, parse_rfc3339, utc_now
 
 log = logging.getLogger(__name__)
 
 # The scheduler wakes at least this often, so a clock step (NTP after boot) is caught up quickly.
 _MAX_SLEEP_S = 60.0
 
-MAX_ITEMS = 5000
 MAX_VERSION = 2**63 - 1  # SQLite's INTEGER
 NetUnit = Literal["kg", "l", "m", "m2", "piece"]
-Sku = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f]+$")]
 _CONTROL = re.compile(r"[\x00-\x1f]")
 
 
@@ -353,59 +352,6 @@ def price_problems(items: Sequence[PriceItem]) -> list[Problem]:
 def stored_items(texts: Iterable[str | bytes]) -> PriceBatch:
     """Scheduled items as `apply_changes` stored them (also the previous release's full dump)."""
     return check_items([_ITEM_DECODER.decode(text) for text in texts])
-
-
-@dataclass(frozen=True)
-class PricesChanged:
-    """Signal: these skus have a new current price (label plans listen)."""
-
-    skus: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class PricesScheduled:
-    """Signal: these skus have a price waiting for a future instant (labels may pre-render)."""
-
-    skus: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Price:
-    """A product's current price as the shelf and the till must show it."""
-
-    sku: str
-    gtin: str | None
-    name: str
-    currency: str
-    price_minor: int
-    promo_price_minor: int | None
-    promo_until: datetime | None
-    net_quantity: float | None
-    net_unit: str | None
-    version: int
-
-    def effective_minor(self, now: datetime) -> int:
-        """The price charged now: the promo price while the promotion runs."""
-        if self.promo_price_minor is not None and (self.promo_until is None or now < self.promo_until):
-            return self.promo_price_minor
-        return self.price_minor
-
-    def as_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "sku": self.sku,
-            "price": from_minor(self.price_minor, self.currency),
-            "currency": self.currency,
-            "version": self.version,
-        }
-        if self.gtin:
-            data["gtin"] = self.gtin
-        if self.name:
-            data["name"] = self.name
-        if self.promo_price_minor is not None:
-            data["promo_price"] = from_minor(self.promo_price_minor, self.currency)
-            if self.promo_until:
-                data["promo_until"] = rfc3339(self.promo_until)
-        return data
 
 
 _COLUMNS = "sku, gtin, name, currency, price_minor, promo_price_minor, promo_until_ms, net_quantity, net_unit, version"

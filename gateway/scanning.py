@@ -20,11 +20,13 @@ from datetime import datetime
 from typing import Any
 
 from drivers.scanners import Framing, ScannerStatus, ScanReading
-from gateway import devices, orders, outbox, stock
+from gateway import devices, outbox, stock
+from gateway.bus import Transaction
 from gateway.codes import FRENCH_RULES, InStoreRule, InStoreRules, ScannedCode, interpret
 from gateway.config import ScannerConfig
+from gateway.domain import DocumentRefused, PickupScan, Price, PrintRequest
 from gateway.money import display, from_minor
-from gateway.pricing import Price, find_by_gtin, get_price
+from gateway.pricing import find_by_gtin, get_price
 from gateway.service import Service
 from gateway.supervisor import Device
 from gateway.timeutil import epoch_ms, utc_now
@@ -95,10 +97,17 @@ def scan_event(scanner: str, mode: str, code: ScannedCode, answer: PriceAnswer |
     return data
 
 
-def record_scan(conn: sqlite3.Connection, scanner: str, mode: str, code: ScannedCode, now: datetime) -> dict[str, Any]:
-    """Apply one scan of a non-price-check mode; write its events. Returns the `scan` event data."""
+def record_scan(
+    conn: sqlite3.Connection, scanner: str, mode: str, code: ScannedCode, now: datetime, result: str | None = None
+) -> dict[str, Any]:
+    """Apply one scan of a non-price-check mode; write its events. Returns the `scan` event data.
+
+    `result` is what another service answered for this scan (the orders service, for a pickup scan).
+    """
     answer = price_check(conn, code, now)
     data = scan_event(scanner, mode, code, answer)
+    if result is not None:
+        data["result"] = result
     sku = answer.product.sku if answer.product else None
     if mode == "count" and sku:
         row = conn.execute("SELECT counted FROM stock_counts WHERE sku = ?", (sku,)).fetchone()
@@ -113,15 +122,7 @@ def record_scan(conn: sqlite3.Connection, scanner: str, mode: str, code: Scanned
         level = stock.get_level(conn, sku)
         outbox.append(conn, "stock", {**level.event("count"), "counted": counted}, now)
         return data
-    if mode == "pickup" and code.order:
-        data["result"] = orders.collect_by_scan(conn, code.order)
-    elif mode == "pickup" and sku:
-        picked = orders.pick(conn, sku)
-        data["result"] = "no open order needs this article" if picked is None else f"picked for order {picked[0]}"
-        if picked is not None and picked[1]:
-            data["result"] += ", order ready"
-            data["ready_order"] = picked[0]
-    outbox.append(conn, "scan", {k: v for k, v in data.items() if k != "ready_order"}, now)
+    outbox.append(conn, "scan", data, now)
     if mode in ("receive", "return") and sku:
         stock.move(conn, sku, 1, mode, ref=f"scan:{scanner}")
     return data
@@ -161,30 +162,36 @@ class ScanningService(Service):
         finally:
             await scanner.close()
 
-    async def _print_return(self, config: ScannerConfig, scan: dict[str, Any]) -> None:
-        """A BORIS return at the desk: the return receipt on the scanner's printer."""
-        from gateway.printing.documents import StoreHeader
-        from gateway.printing.service import JobQueued, queue_job
+    def _record(self, tx: Transaction, config: ScannerConfig, code: ScannedCode, now: datetime) -> dict[str, Any]:
+        """One scan of a non-price-check mode in one transaction, with what it asks of other services."""
+        result = None
+        if config.mode == "pickup":
+            sku = None if code.order else self._sku(tx.conn, code, now)
+            if code.order or sku:
+                result = self.gateway.bus.ask(tx, PickupScan(code.order, sku))
+        data = record_scan(tx.conn, config.id, config.mode, code, now, result)
+        if config.mode == "return" and config.printer and data.get("sku"):
+            self._print_return(tx, config.id, config.printer, data)
+        return data
 
-        printer = next((p for p in self.gateway.config.printers if p.id == config.printer), None)
-        if printer is None:
-            return
-        product = await self.gateway.db.read(functools.partial(get_price, sku=scan["sku"]))
-        store = self.gateway.config.store
+    @staticmethod
+    def _sku(conn: sqlite3.Connection, code: ScannedCode, now: datetime) -> str | None:
+        product = price_check(conn, code, now).product
+        return None if product is None else product.sku
+
+    def _print_return(self, tx: Transaction, scanner: str, printer: str, scan: dict[str, Any]) -> None:
+        """A BORIS return at the desk: the return receipt, queued with the stock move it goes with."""
+        product = get_price(tx.conn, scan["sku"])
         receipt = {
-            "order": f"RETOUR-{config.id}-{utc_now():%Y%m%d-%H%M%S}",
+            "order": f"RETOUR-{scanner}-{utc_now():%Y%m%d-%H%M%S}",
             "lines": [{"name": (product.name if product else "") or scan["sku"], "qty": 1, "sku": scan["sku"]}],
             "refund": scan.get("price", "0.00"),
             "currency": scan.get("currency", "EUR"),
         }
-        header = StoreHeader(store.name, tuple(store.address), store.footer)
-        job = functools.partial(
-            queue_job, printer=printer, document="return_receipt", data=receipt, store=header, ref=scan["code"]
-        )
         try:
-            await self.gateway.write(job, JobQueued(printer.id))
-        except ValueError as exc:
-            log.warning("scanner %s: return receipt not printed: %s", config.id, exc)
+            self.gateway.bus.ask(tx, PrintRequest(printer, "return_receipt", receipt, ref=scan["code"]))
+        except DocumentRefused as exc:
+            log.warning("scanner %s: return receipt not printed: %s", scanner, exc)
 
     def _status(self, scanner_id: str, status: ScannerStatus) -> None:
         state: devices.DeviceStatus = "online" if status.online else "offline"
@@ -207,15 +214,9 @@ class ScanningService(Service):
             await self.gateway.db.write(functools.partial(outbox.append, kind="scan", data=data, at=now))
             return
         try:
-            data = await self.gateway.db.write(
-                functools.partial(record_scan, scanner=config.id, mode=config.mode, code=code, now=now)
-            )
+            data = await self.gateway.transact(functools.partial(self._record, config=config, code=code, now=now))
         except ValueError as exc:
             log.warning("scanner %s: %s", config.id, exc)
             return
-        if "ready_order" in data:
-            self.gateway.bus.publish(orders.OrderReady(data["ready_order"]))
-        if config.mode == "return" and config.printer and data.get("sku"):
-            await self._print_return(config, data)
         if config.reply and "result" in data:
             await scanner.reply(str(data["result"]))

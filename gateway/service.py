@@ -1,8 +1,9 @@
 """What every domain service gets, and the shape it has (one extension per concern).
 
-A service registers its commands with the dispatcher, subscribes to signals on the bus, and adds
-its long-running tasks (one per device, usually) to the supervisor. Services talk to each other
-only through the state database and bus signals, never by calling each other.
+A service registers its commands with the dispatcher, subscribes to signals and serves requests on
+the bus, and adds its long-running tasks (one per device, usually) to the supervisor. Services talk
+to each other only through the state database, bus signals and typed requests (`gateway.domain`),
+never by importing each other: the import-linter contracts in pyproject.toml check it.
 """
 
 from __future__ import annotations
@@ -23,10 +24,23 @@ T = TypeVar("T")
 
 
 @dataclass
-class Task:
+class LongRunningPart:
+    """A service's long-running coroutine (a device's loop, a timer), supervised and restarted on failure."""
+
     name: str
-    part: Callable[[], Awaitable[None]]
+    run: Callable[[], Awaitable[None]]
     device: Device | None = None
+
+
+@dataclass
+class WriteTransaction:
+    """A writer job's transaction as `Bus.ask` sees it: the connection and the signals to send after commit."""
+
+    conn: sqlite3.Connection
+    signals: list[object] = field(default_factory=list)
+
+    def after_commit(self, signal: object) -> None:
+        self.signals.append(signal)
 
 
 @dataclass
@@ -38,7 +52,7 @@ class Gateway:
     bus: Bus
     dispatcher: Dispatcher
     supervisor: Supervisor
-    tasks: list[Task] = field(default_factory=list)
+    parts: list[LongRunningPart] = field(default_factory=list)
 
     @property
     def timezone(self) -> ZoneInfo:
@@ -46,12 +60,25 @@ class Gateway:
 
     def add_task(self, name: str, part: Callable[[], Awaitable[None]], device: Device | None = None) -> None:
         """A long-running part, started by the daemon and restarted by the supervisor if it fails."""
-        self.tasks.append(Task(name, part, device))
+        self.parts.append(LongRunningPart(name, part, device))
 
     async def write(self, job: Callable[[sqlite3.Connection], T], *signals: object) -> T:
         """Commit `job`, then publish `signals` on the bus."""
         result = await self.db.write(job)
         for signal in signals:
+            self.bus.publish(signal)
+        return result
+
+    async def transact(self, job: Callable[[WriteTransaction], T]) -> T:
+        """Commit `job`, which may `bus.ask` other services for work in the same transaction; then signal."""
+        runs: list[WriteTransaction] = []
+
+        def run(conn: sqlite3.Connection) -> T:
+            runs.append(WriteTransaction(conn))  # the writer may run a job again: only the last run committed
+            return job(runs[-1])
+
+        result = await self.db.write(run)
+        for signal in runs[-1].signals:
             self.bus.publish(signal)
         return result
 

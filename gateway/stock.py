@@ -14,7 +14,7 @@ from pydantic import Field
 
 from gateway import outbox
 from gateway.commands import CommandContext, CommandModel, CommandRejected, FieldError, Outcome
-from gateway.pricing import MAX_ITEMS, Sku
+from gateway.domain import MAX_ITEMS, Sku
 from gateway.service import Service
 from gateway.timeutil import epoch_ms, utc_now
 

@@ -18,9 +18,10 @@ from pydantic import Field
 
 from gateway import outbox
 from gateway.commands import CommandContext, CommandModel, CommandRejected, FieldError, Outcome
+from gateway.domain import Price, Sku
 from gateway.labels.content import DisplaySpec, LabelContent
 from gateway.money import from_minor
-from gateway.pricing import Price, Sku, get_price
+from gateway.pricing import get_price
 from gateway.timeutil import epoch_ms, utc_now
 
 LabelKey = tuple[str, str]  # (station, label)

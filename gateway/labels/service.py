@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 from drivers.labels import LabelNotFound, LabelStation, TagInfo
 from gateway import devices
+from gateway.bus import Transaction
 from gateway.config import LabelStationConfig
+from gateway.domain import FlashRequest, PricesChanged, PricesScheduled
 from gateway.labels import plan
 from gateway.labels.content import DisplaySpec
-from gateway.pricing import PricesChanged, PricesScheduled, scheduled_prices
+from gateway.pricing import scheduled_prices
 from gateway.service import Service
 from gateway.supervisor import Device
 from gateway.timeutil import utc_now
@@ -114,7 +116,15 @@ class LabelService(Service):
         self.gateway.bus.subscribe(PricesScheduled, self._on_scheduled)
         self.gateway.bus.subscribe(plan.LabelsToPlan, self._on_labels)
         self.gateway.bus.subscribe(plan.FlashRequested, self._on_flash)
+        self.gateway.bus.serve(FlashRequest, self.flash_skus)
         self.gateway.add_task("labels:start", self.start)
+
+    def flash_skus(self, tx: Transaction, request: FlashRequest) -> int:
+        """Serve a `FlashRequest` (pick-to-light): the labels of these skus flash once the asker commits."""
+        keys = plan.labels_for_skus(tx.conn, request.skus)
+        if keys:
+            tx.after_commit(plan.FlashRequested(tuple(keys), request.color, request.seconds))
+        return len(keys)
 
     async def start(self) -> None:
         """Report stations that cannot run, then re-plan every label not known to be in sync."""

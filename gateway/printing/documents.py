@@ -1,9 +1,9 @@
 """The documents a store prints, rendered to ESC/POS bytes with python-escpos's Dummy printer.
 
 Each document has a pydantic model for its data (unknown fields are errors, money is a decimal
-string). Text is sent in code page 858 (ESC t 19): it has é è à ç and the euro sign (0xD5), where
-python-escpos's automatic encoding would hop between code pages mid-line. Every document ends with
-a cut.
+string). Every document starts with ESC @ (initialise) and ends with a cut. Text is sent in code
+page 858 (ESC t 19): it has é è à ç and the euro sign (0xD5), where python-escpos's automatic
+encoding would hop between code pages mid-line.
 """
 
 from __future__ import annotations
@@ -115,6 +115,7 @@ class _Page:
 
         with contextlib.redirect_stdout(io.StringIO()):
             self.p = Dummy()
+            self.p.hw("INIT")  # ESC @: no job inherits a mode that the last one or a power blip left behind
             self.p.charcode(CODE_PAGE)
 
     def text(self, text: str = "", *, bold: bool = False, big: bool = False, center: bool = False) -> None:

@@ -1,12 +1,14 @@
 """The print queue: jobs in SQLite, one worker per printer, printed once and in order.
 
-A `print` command (or another service: orders, returns) creates a job: its document is validated
-and rendered to ESC/POS bytes at once, the job is `queued` (event). Each printer's worker takes its
-jobs oldest first. It asks the printer's status first: a printer offline, out of paper or with its
-cover open holds its jobs (one `device` event on the change, one on recovery) and the worker polls
-until it is ready. A job is marked `printing` in one transaction before its bytes are written, and
-`printed` in the next once they were: a power cut between the two leaves it `printing`, and at the
-next start it is failed as `interrupted` rather than printed a second time (never twice). A job
+A `print` command, or a `PrintRequest` from another service (pick lists, pickup slips, return
+receipts), creates a job in the asker's transaction: the document is validated, stored as data and
+`queued` (event). Each printer's worker takes its jobs oldest first and renders them to ESC/POS
+bytes itself, off the writer (rendering loads python-escpos and takes milliseconds; the writer's
+jobs only write rows). It asks the printer's status first: a printer offline, out of paper or with
+its cover open holds its jobs (one `device` event on the change, one on recovery) and the worker
+polls until it is ready. A job is marked `printing` in one transaction before its bytes are written,
+and `printed` in the next once they were: a power cut between the two leaves it `printing`, and at
+the next start it is failed as `interrupted` rather than printed a second time (never twice). A job
 older than the printer's `job_ttl_s` fails as `expired`. One printer's trouble never blocks another.
 """
 
@@ -14,24 +16,25 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import sqlite3
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from pydantic import ConfigDict, Field, ValidationError
 
 from drivers.printers import JobInterrupted, Printer, PrinterStatus, PrinterUnavailable, open_printer
 from gateway import devices, outbox
+from gateway.bus import Transaction
 from gateway.commands import CommandContext, CommandModel, CommandRejected, FieldError, Outcome, field_errors
 from gateway.config import PrinterConfig
+from gateway.domain import DocumentRefused, PrintRequest
 from gateway.service import Service
 from gateway.supervisor import Device
 from gateway.timeutil import epoch_ms, utc_now
-
-if TYPE_CHECKING:  # python-escpos loads a large capabilities table: only when a job is rendered
-    from gateway.printing.documents import StoreHeader
 
 log = logging.getLogger(__name__)
 
@@ -54,26 +57,34 @@ class JobQueued:
     printer: str
 
 
-def queue_job(
-    conn: sqlite3.Connection,
-    printer: PrinterConfig,
-    document: str,
-    data: dict[str, Any],
-    store: StoreHeader,
-    ref: str | None = None,
-) -> str:
-    """Validate, render and queue one job in the caller's transaction; return its id (raises ValueError)."""
-    from gateway.printing.documents import render_document
+def check_document(printers: Mapping[str, PrinterConfig], request: PrintRequest) -> None:
+    """Refuse a request for an unknown printer or document, or with bad fields (every bad field named)."""
+    from gateway.printing.documents import DOCUMENT_MODELS  # pydantic models only; python-escpos loads to render
 
-    payload = render_document(document, data, store, printer.width_chars)
+    if request.printer not in printers:
+        known = ", ".join(sorted(printers)) or "none configured"
+        raise DocumentRefused([("data.printer", f'no printer "{request.printer}" ({known})')])
+    model = DOCUMENT_MODELS.get(request.document)
+    if model is None:
+        expected = ", ".join(DOCUMENT_MODELS)
+        raise DocumentRefused([("data.document", f'unknown document "{request.document}"; expected {expected}')])
+    try:
+        model.model_validate(request.data)
+    except ValidationError as exc:
+        raise DocumentRefused([(e.field, e.message) for e in field_errors(exc, "data")]) from None
+
+
+def queue_job(conn: sqlite3.Connection, request: PrintRequest) -> str:
+    """Queue a checked document in the caller's transaction (its bytes are rendered when it prints)."""
     job = uuid.uuid4().hex[:16]
     now = epoch_ms(utc_now())
     conn.execute(
-        "INSERT INTO print_jobs (id, printer, document, bytes, ref, created_ms, updated_ms) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (job, printer.id, document, payload, ref, now, now),
+        "INSERT INTO print_jobs (id, printer, document, bytes, data, ref, created_ms, updated_ms) "
+        "VALUES (?, ?, ?, x'', ?, ?, ?, ?)",
+        (job, request.printer, request.document, json.dumps(request.data), request.ref, now, now),
     )
-    outbox.append(conn, "print", {"job": job, "printer": printer.id, "document": document, "status": "queued"})
+    data = {"job": job, "printer": request.printer, "document": request.document, "status": "queued"}
+    outbox.append(conn, "print", data)
     return job
 
 
@@ -89,12 +100,26 @@ def _finish(conn: sqlite3.Connection, job: str, state: str, error: str | None = 
     outbox.append(conn, "print", data)
 
 
-def next_job(conn: sqlite3.Connection, printer: str) -> tuple[str, bytes, int] | None:
+@dataclass(frozen=True)
+class QueuedJob:
+    """The next job of a printer: its document data, or the bytes an earlier version rendered when it queued it."""
+
+    id: str
+    document: str
+    data: dict[str, Any] | None
+    rendered: bytes
+    created_ms: int
+
+
+def next_job(conn: sqlite3.Connection, printer: str) -> QueuedJob | None:
     row = conn.execute(
-        "SELECT id, bytes, created_ms FROM print_jobs WHERE printer = ? AND state = 'queued' ORDER BY seq LIMIT 1",
+        "SELECT id, document, data, bytes, created_ms FROM print_jobs "
+        "WHERE printer = ? AND state = 'queued' ORDER BY seq LIMIT 1",
         (printer,),
     ).fetchone()
-    return None if row is None else (str(row[0]), bytes(row[1]), int(row[2]))
+    if row is None:
+        return None
+    return QueuedJob(str(row[0]), str(row[1]), None if row[2] is None else json.loads(row[2]), bytes(row[3]), row[4])
 
 
 def start_printing(conn: sqlite3.Connection, job: str) -> None:
@@ -133,6 +158,7 @@ class PrintingService(Service):
         self.store = StoreHeader(config.store.name, tuple(config.store.address), config.store.footer)
         self._wake: dict[str, asyncio.Event] = {p: asyncio.Event() for p in self.printers}
         self.gateway.dispatcher.register("print", PrintCommand, self.handle_print)
+        self.gateway.bus.serve(PrintRequest, self.queue)
         self.gateway.bus.subscribe(JobQueued, self._on_queued)
         self.gateway.add_task("printing:recover", self.recover)
         for printer in config.printers:
@@ -141,25 +167,20 @@ class PrintingService(Service):
             )
 
     def handle_print(self, context: CommandContext, data: PrintCommand) -> Outcome:
-        from gateway.printing.documents import DOCUMENT_MODELS
-
-        printer = self.printers.get(data.printer)
-        if printer is None:
-            known = ", ".join(sorted(self.printers)) or "none configured"
-            raise CommandRejected([FieldError("data.printer", f'no printer "{data.printer}" ({known})')])
-        if data.document not in DOCUMENT_MODELS:
-            expected = ", ".join(DOCUMENT_MODELS)
-            raise CommandRejected(
-                [FieldError("data.document", f'unknown document "{data.document}"; expected {expected}')]
-            )
-        fields = dict(data.model_extra or {})
+        """The `print` command: a print request from head office."""
+        request = PrintRequest(data.printer, data.document, dict(data.model_extra or {}), ref=context.command_id)
         try:
-            DOCUMENT_MODELS[data.document].model_validate(fields)
-        except ValidationError as exc:
-            raise CommandRejected(field_errors(exc, "data")) from None
-        job = queue_job(context.conn, printer, data.document, fields, self.store, ref=context.command_id)
-        context.after_commit(JobQueued(printer.id))
+            job = self.queue(context, request)
+        except DocumentRefused as exc:
+            raise CommandRejected([FieldError(where, message) for where, message in exc.errors]) from None
         return Outcome(applied=1, extra={"job": job})
+
+    def queue(self, tx: Transaction, request: PrintRequest) -> str:
+        """Serve a `PrintRequest` in the asker's transaction: check it, queue it, wake the printer on commit."""
+        check_document(self.printers, request)
+        job = queue_job(tx.conn, request)
+        tx.after_commit(JobQueued(request.printer))
+        return job
 
     async def _on_queued(self, signal: JobQueued) -> None:
         event = self._wake.get(signal.printer)
@@ -195,9 +216,14 @@ class PrintingService(Service):
                     wake.clear()
                     await self._wait(wake, 30.0)
                     continue
-                job_id, payload, created_ms = job
-                if epoch_ms(utc_now()) - created_ms > config.job_ttl_s * 1000:
+                job_id = job.id
+                if epoch_ms(utc_now()) - job.created_ms > config.job_ttl_s * 1000:
                     await db.write(functools.partial(_finish, job=job_id, state="failed", error="expired"))
+                    continue
+                try:
+                    payload = job.rendered or await asyncio.to_thread(self._render, job, config)
+                except ValueError as exc:  # checked when queued: only a document model changed by an upgrade
+                    await db.write(functools.partial(_finish, job=job_id, state="failed", error=str(exc)[:200]))
                     continue
                 status = await asyncio.to_thread(device.status)
                 await self._report(config, status)
@@ -221,6 +247,11 @@ class PrintingService(Service):
                 await db.write(functools.partial(_finish, job=job_id, state="printed"))
         finally:
             await asyncio.to_thread(device.close)
+
+    def _render(self, job: QueuedJob, printer: PrinterConfig) -> bytes:
+        from gateway.printing.documents import render_document
+
+        return render_document(job.document, job.data or {}, self.store, printer.width_chars)
 
     @staticmethod
     async def _wait(event: asyncio.Event, seconds: float) -> None:

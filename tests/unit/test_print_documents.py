@@ -25,7 +25,7 @@ def test_receipt_text_in_cp858_with_euro_and_accents() -> None:
         },
         STORE,
     )
-    assert data.startswith(b"\x1bt\x13")  # ESC t 19: code page 858, chosen once
+    assert data.startswith(b"\x1b@\x1bt\x13")  # ESC @ (initialise), then ESC t 19: code page 858, chosen once
     assert "€".encode("cp858") == b"\xd5" and b"\xd5" in data
     text = text_of(data)
     for expected in ("Supérette Bellecour", "2 x Pâte à tartiner", "10,98 €", "TOTAL", "Merci de votre visite !"):
