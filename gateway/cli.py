@@ -7,8 +7,11 @@ import asyncio
 import logging
 import os
 import sys
+import textwrap
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from gateway import __version__
@@ -40,9 +43,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     setup_logging(config.logging.level)
     from gateway import daemon
+    from gateway.instance import AlreadyRunning
 
     try:
         return asyncio.run(daemon.run(config))
+    except AlreadyRunning as exc:
+        print(f"store-gateway: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 0
 
@@ -58,16 +65,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     from gateway import status
 
     config = _load(args.config)
-    try:
-        report = status.collect(config.state.path, config)
-    except FileNotFoundError as exc:
-        print(f"state.path: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(status.render_json(report))
-    else:
-        print(status.render_text(report, ZoneInfo(config.store.timezone)))
-    return 0
+    zone = ZoneInfo(config.store.timezone)
+    while True:
+        try:
+            report = status.collect(config.state.path, config)
+        except FileNotFoundError as exc:
+            print(f"state.path: {exc}", file=sys.stderr)
+            return 1
+        if args.json:
+            # one document; with --watch one per line (JSON Lines), so a script can read them as they come
+            print(status.render_json(report, indent=None if args.watch else 2), flush=True)
+        else:
+            if args.watch and sys.stdout.isatty():
+                print("\033[H\033[2J", end="")  # clear the screen, as watch(1) does
+            print(status.render_text(report, zone), flush=True)
+        if not args.watch:
+            return 0
+        if not sys.stdout.isatty() and not args.json:
+            print(flush=True)  # a blank line between reports in a log or a pipe
+        time.sleep(args.interval)
 
 
 def _broker(args: argparse.Namespace) -> object:
@@ -143,62 +159,187 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return int(demo.main(args))
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Keeps the line breaks of descriptions and examples."""
+
+
+def _sub(sub: Any, name: str, summary: str, description: str, examples: list[str], doc: str) -> argparse.ArgumentParser:
+    epilog = "examples:\n" + "\n".join(f"  {line}" for line in examples) + f"\n\nread: {doc}"
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=summary, description=textwrap.fill(description, 90), epilog=epilog, formatter_class=_Help
+    )
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="store-gateway",
         description="Store-side daemon: shelf labels, printers, scanners, sensors, a local price and stock "
         "cache, and a durable MQTT link to head office.",
+        epilog="Each command has its own --help with examples. Exit codes: 0 success, 1 runtime failure, "
+        "2 bad usage or configuration. Read: README.md, docs/operations.md, docs/configuration.md.",
     )
     parser.add_argument("--version", action="version", version=f"store-gateway {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the daemon in the foreground")
-    run.add_argument("--config", type=Path, required=True, help="the TOML config file")
+    run = _sub(
+        sub,
+        "run",
+        "run the daemon in the foreground",
+        "Run the gateway in the foreground, logging to stderr (journald takes it under systemd). "
+        "SIGTERM or Ctrl-C stops it cleanly within 10 s. Only one gateway may run on a state database: "
+        "a second one exits 1 naming the first.",
+        ["store-gateway run --config /etc/store-gateway/gateway.toml"],
+        "docs/operations.md (install, systemd, logs), docs/configuration.md (every key)",
+    )
+    run.add_argument("--config", type=Path, required=True, metavar="PATH", help="the TOML config file (required)")
     run.set_defaults(func=cmd_run)
 
-    check = sub.add_parser("check-config", help="validate a config file")
-    check.add_argument("path", type=Path)
+    check = _sub(
+        sub,
+        "check-config",
+        "validate a config file",
+        "Validate a config file without starting anything: a one-screen summary and exit 0, or one line "
+        "per problem (`dotted.key: message`) on stderr and exit 2.",
+        ["store-gateway check-config /etc/store-gateway/gateway.toml", "store-gateway check-config example.toml"],
+        "docs/configuration.md",
+    )
+    check.add_argument("path", type=Path, metavar="PATH", help="the TOML config file to check")
     check.set_defaults(func=cmd_check_config)
 
-    status = sub.add_parser("status", help="show the gateway's state from its database")
-    status.add_argument("--config", type=Path, required=True)
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status = _sub(
+        sub,
+        "status",
+        "show the gateway's state from its database",
+        "Show the gateway's state, read from its state database without disturbing it (running or not): "
+        "whether it runs, the uplink (and why it is offline, when it retries), the outbox, every device, "
+        "the catalogue, labels, print jobs, shelves and open orders.",
+        [
+            "store-gateway status --config /etc/store-gateway/gateway.toml",
+            "store-gateway status --config /etc/store-gateway/gateway.toml --watch",
+            "store-gateway status --config /etc/store-gateway/gateway.toml --json | jq .uplink",
+        ],
+        "docs/operations.md (section status)",
+    )
+    status.add_argument("--config", type=Path, required=True, metavar="PATH", help="the TOML config file (required)")
+    status.add_argument("--json", action="store_true", help="print JSON for scripts (with --watch: one line each)")
+    status.add_argument("--watch", action="store_true", help="print it again every --interval seconds until Ctrl-C")
+    status.add_argument(
+        "--interval", type=float, default=2.0, metavar="SECONDS", help="seconds between reports (default: 2)"
+    )
     status.set_defaults(func=cmd_status)
 
-    demo = sub.add_parser("demo", help="run the whole gateway with simulated devices and its own broker")
-    demo.add_argument("--dir", type=Path, default=Path("store-gateway-demo"), help="where state, labels and prints go")
-    demo.add_argument("demo_command", nargs="*", help="`scan CODE` types a code into the running demo's scanner")
+    demo = _sub(
+        sub,
+        "demo",
+        "run the whole gateway with simulated devices and its own broker",
+        "Run the whole gateway on this machine with no hardware: simulated label station (PNG files), "
+        "receipt printer, price-check scanner and shelf sensor, and a broker of its own (mosquitto if "
+        "installed, else an embedded one). It prints the commands to try next. Ctrl-C stops everything.",
+        [
+            "store-gateway demo",
+            "store-gateway demo --dir /tmp/demo",
+            "store-gateway demo --dir /tmp/demo scan 3017620422003   (while the demo runs)",
+        ],
+        "README.md (See it work)",
+    )
+    demo.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("store-gateway-demo"),
+        metavar="DIR",
+        help="where state, labels and prints go (default: ./store-gateway-demo)",
+    )
+    demo.add_argument(
+        "demo_command",
+        nargs="*",
+        metavar="scan CODE",
+        help="type CODE into the scanner of the demo running in --dir, and print its answer",
+    )
     demo.set_defaults(func=cmd_demo)
 
-    hq = sub.add_parser("hq", help="head-office side tool: push prices, send commands, watch events")
-    hq.add_argument("--broker", required=True, help="mqtt://host:port or mqtts://host:port")
-    hq.add_argument("--prefix", default="retail", help="topic prefix (default: retail)")
-    hq.add_argument("--ca-file", type=Path)
-    hq.add_argument("--cert-file", type=Path)
-    hq.add_argument("--key-file", type=Path)
-    hq.add_argument("--username")
-    hq.add_argument("--password-file", type=Path)
+    hq = _sub(
+        sub,
+        "hq",
+        "head-office side tool: push prices, send commands, watch events",
+        "The head-office side of the MQTT link, for operations by hand: push a price file, send one "
+        "command, watch a store's events. The broker options come before the sub-command.",
+        [
+            "store-gateway hq --broker mqtt://127.0.0.1:1883 watch --store 0042",
+            "store-gateway hq --broker mqtts://mqtt.hq.example:8883 --ca-file ca.pem "
+            "--cert-file hq.pem --key-file hq.key push-prices --store 0042 prices.csv",
+        ],
+        "docs/mqtt-api.md (topics, commands, events)",
+    )
+    hq.add_argument("--broker", required=True, metavar="URL", help="mqtt://host:port or mqtts://host:port (required)")
+    hq.add_argument("--prefix", default="retail", help="the stores' uplink.topic_prefix (default: retail)")
+    hq.add_argument("--ca-file", type=Path, metavar="PEM", help="mqtts: the broker's CA (default: the system's CAs)")
+    hq.add_argument("--cert-file", type=Path, metavar="PEM", help="mqtts: client certificate (with --key-file)")
+    hq.add_argument("--key-file", type=Path, metavar="PEM", help="mqtts: the client certificate's key")
+    hq.add_argument("--username", help="MQTT user name (default: none)")
+    hq.add_argument("--password-file", type=Path, metavar="PATH", help="a file holding the MQTT password")
     hq_sub = hq.add_subparsers(dest="hq_command", required=True, metavar="HQ_COMMAND")
-    push = hq_sub.add_parser("push-prices", help="send a price CSV as price.set commands")
-    push.add_argument("--store", required=True)
-    push.add_argument("file", type=Path)
-    push.add_argument("--chunk", type=int, default=1000, help="items per command (default 1000)")
-    push.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for answers")
+    push = _sub(
+        hq_sub,
+        "push-prices",
+        "send a price CSV as price.set commands",
+        "Send a price CSV to a store as price.set commands and wait for every answer. Columns: sku, price, "
+        "currency, and optionally gtin, name, promo_price, promo_until, valid_from, version, net_quantity, "
+        "net_unit. Comma- or semicolon-separated, UTF-8 (with or without BOM) or Windows-1252, as Excel "
+        "and LibreOffice write them; with ';' a decimal comma (1,20) is read as 1.20. Every bad line is "
+        "reported and nothing is sent. Without a version column every item gets the push's time.",
+        [
+            "store-gateway hq --broker mqtt://127.0.0.1:1883 push-prices --store 0042 prices.csv",
+            "store-gateway hq --broker mqtt://127.0.0.1:1883 push-prices --store 0042 --chunk 500 prix.csv",
+        ],
+        "docs/mqtt-api.md (price.set)",
+    )
+    push.add_argument("--store", required=True, metavar="ID", help="the store's id (required)")
+    push.add_argument("file", type=Path, metavar="FILE.csv", help="the price file")
+    push.add_argument("--chunk", type=int, default=1000, metavar="N", help="items per command (default: 1000)")
+    push.add_argument(
+        "--timeout", type=float, default=120.0, metavar="SECONDS", help="seconds to wait for answers (default: 120)"
+    )
     push.add_argument("--quiet", action="store_true", help="no progress bars")
-    command = hq_sub.add_parser("command", help="send one command and print its command_result")
+    command = _sub(
+        hq_sub,
+        "command",
+        "send one command and print its command_result",
+        "Send one command to a store (or a group of stores) and print the store's command_result as JSON. "
+        "Exit 1 if it was rejected or no answer came within --timeout.",
+        [
+            "store-gateway hq --broker mqtt://127.0.0.1:1883 command --store 0042 stock.adjust "
+            '\'{"sku": "A1", "delta": -2, "reason": "breakage"}\'',
+            "store-gateway hq --broker mqtt://127.0.0.1:1883 command --store 0042 print "
+            '\'{"printer": "till-1", "document": "test_page"}\'',
+        ],
+        "docs/mqtt-api.md (every command and its data)",
+    )
     target = command.add_mutually_exclusive_group(required=True)
-    target.add_argument("--store")
-    target.add_argument("--group")
-    command.add_argument("name", help="e.g. price.set, stock.adjust, print")
-    command.add_argument("json", help="the command's data as a JSON object")
+    target.add_argument("--store", metavar="ID", help="send to this store (this or --group is required)")
+    target.add_argument("--group", metavar="NAME", help="send to every store of this group (no answer is awaited)")
+    command.add_argument("name", metavar="NAME", help="the command type, e.g. price.set, stock.adjust, print")
+    command.add_argument("json", metavar="JSON", help="the command's data as a JSON object")
     command.add_argument("--id", help="command id (default: a new UUID)")
-    command.add_argument("--timeout", type=float, default=30.0)
+    command.add_argument(
+        "--timeout", type=float, default=30.0, metavar="SECONDS", help="seconds to wait for the answer (default: 30)"
+    )
     command.add_argument("--no-wait", action="store_true", help="do not wait for the command_result")
-    watch = hq_sub.add_parser("watch", help="print every event of a store as one JSON line")
-    watch.add_argument("--store", required=True, help="store id, or '*' for every store")
-    watch.add_argument("--kind", action="append", help="only this event kind (repeatable)")
-    watch.add_argument("--count", type=int, help="stop after this many events")
-    watch.add_argument("--timeout", type=float, help="stop after this many seconds")
+    watch = _sub(
+        hq_sub,
+        "watch",
+        "print every event of a store as one JSON line",
+        "Print every event a store sends to head office, one JSON line each, until Ctrl-C, --count or --timeout.",
+        [
+            "store-gateway hq --broker mqtt://127.0.0.1:1883 watch --store 0042",
+            "store-gateway hq --broker mqtt://127.0.0.1:1883 watch --store '*' --kind device --count 10",
+        ],
+        "docs/mqtt-api.md (events)",
+    )
+    watch.add_argument("--store", required=True, metavar="ID", help="store id, or '*' for every store (required)")
+    watch.add_argument("--kind", action="append", help="only this event kind, e.g. scan (repeatable; default: all)")
+    watch.add_argument("--count", type=int, metavar="N", help="stop after this many events (default: never)")
+    watch.add_argument("--timeout", type=float, metavar="SECONDS", help="stop after this many seconds (default: never)")
     hq.set_defaults(func=cmd_hq)
     return parser
 
@@ -209,3 +350,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except SystemExit as exc:
         return int(exc.code or 0)
+    except KeyboardInterrupt:  # Ctrl-C on `status --watch`, `hq watch`: the person is done
+        return 0
+    except BrokenPipeError:
+        # the reader went away (`status --json | head`): that is its choice, not an error; and
+        # Python must not complain again when it flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -20,6 +20,7 @@ from gateway.bus import Bus
 from gateway.commands import Dispatcher
 from gateway.config import Config
 from gateway.db import StateDB, set_meta
+from gateway.instance import InstanceLock
 from gateway.labels.service import LabelService
 from gateway.orders import OrderService
 from gateway.pricing import PricingService
@@ -50,8 +51,19 @@ _STOP_BUDGET_S = 8.0
 
 
 async def run(config: Config, *, stop: asyncio.Event | None = None) -> int:
-    """Run the gateway until `stop` is set or SIGTERM/SIGINT arrives; return the exit code."""
-    stop = stop or asyncio.Event()
+    """Run the gateway until `stop` is set or SIGTERM/SIGINT arrives; return the exit code.
+
+    Raises AlreadyRunning, before touching the state database, if another gateway runs on it.
+    """
+    lock = InstanceLock(config.state.path)
+    lock.acquire()
+    try:
+        return await _run(config, stop or asyncio.Event())
+    finally:
+        lock.release()
+
+
+async def _run(config: Config, stop: asyncio.Event) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):

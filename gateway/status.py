@@ -8,7 +8,6 @@ the section does not apply to this database).
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from collections.abc import Callable
 from datetime import datetime
@@ -16,45 +15,48 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from gateway import instance
 from gateway.config import Config
 from gateway.db import connect, get_meta
-from gateway.timeutil import from_epoch_ms, parse_rfc3339, utc_now
+from gateway.timeutil import from_epoch_ms, human_duration, parse_rfc3339, utc_now
 
 Section = Callable[[sqlite3.Connection], dict[str, Any] | None]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _gateway(conn: sqlite3.Connection) -> dict[str, Any]:
-    state = get_meta(conn, "daemon.state") or "never started"
-    pid_text = get_meta(conn, "daemon.pid")
-    pid = int(pid_text) if pid_text else None
-    if state == "running" and (pid is None or not _pid_alive(pid)):
-        state = "not running (it did not stop cleanly)"
+def _gateway(conn: sqlite3.Connection, db_path: Path) -> dict[str, Any]:
+    recorded = get_meta(conn, "daemon.state")
+    pid = instance.holder(db_path)  # the lock, not a pid that may have been reused
+    if pid is not None:
+        state = "running"
+    elif recorded is None:
+        state = "never started"
+    else:
+        state = "stopped"
     return {
         "state": state,
-        "pid": pid if state == "running" else None,
+        "pid": pid or None,
+        # a gateway that holds no lock but last wrote "running" was killed or lost power
+        "stopped_cleanly": None if state != "stopped" else recorded != "running",
         "version": get_meta(conn, "daemon.version"),
         "started_at": get_meta(conn, "daemon.started_at"),
     }
 
 
-def _uplink(conn: sqlite3.Connection, running: bool) -> dict[str, Any]:
+def _uplink(conn: sqlite3.Connection, running: bool, config: Config | None) -> dict[str, Any]:
     state = get_meta(conn, "uplink.state") or "never connected"
-    if not running:
+    if not running and state != "never connected":
         state = "offline"
+    attempts = get_meta(conn, "uplink.failed_attempts")
     return {
         "state": state,
+        "broker": config.uplink.url if config else None,
         "last_connected_at": get_meta(conn, "uplink.connected_at"),
         "last_disconnected_at": get_meta(conn, "uplink.disconnected_at"),
+        "last_error": get_meta(conn, "uplink.last_error"),
+        "last_error_at": get_meta(conn, "uplink.last_error_at"),
+        "failed_attempts": int(attempts) if attempts else 0,
+        # only a running gateway retries
+        "next_retry_at": get_meta(conn, "uplink.next_retry_at") if running and state != "online" else None,
     }
 
 
@@ -134,11 +136,11 @@ def collect(db_path: Path, config: Config | None = None) -> dict[str, Any]:
     conn = connect(db_path, readonly=True)
     try:
         now = utc_now()
-        gateway = _gateway(conn)
+        gateway = _gateway(conn, db_path)
         report: dict[str, Any] = {
             "store": get_meta(conn, "store.id") or (config.store.id if config else None),
             "gateway": gateway,
-            "uplink": _uplink(conn, gateway["state"] == "running"),
+            "uplink": _uplink(conn, gateway["state"] == "running", config),
             "outbox": _outbox(conn, now),
             "devices": _devices(conn, config),
             "catalogue": _catalogue(conn),
@@ -153,14 +155,7 @@ def collect(db_path: Path, config: Config | None = None) -> dict[str, Any]:
 
 
 def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    return "-" if seconds is None else human_duration(seconds)
 
 
 def _local(text: str | None, zone: ZoneInfo) -> str:
@@ -169,17 +164,47 @@ def _local(text: str | None, zone: ZoneInfo) -> str:
     return parse_rfc3339(text).astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
+def _gateway_line(gateway: dict[str, Any], zone: ZoneInfo) -> str:
+    state = gateway["state"]
+    if state == "never started":
+        return "never started with this state database"
+    text = "running" + (f" (pid {gateway['pid']})" if gateway["pid"] else "") if state == "running" else "stopped"
+    if gateway["stopped_cleanly"] is False:
+        text += " (it did not stop cleanly: killed, crashed or a power cut)"
+    if gateway["version"]:
+        text += f", version {gateway['version']}"
+    if gateway["started_at"]:
+        text += f", {'started' if state == 'running' else 'last started'} {_local(gateway['started_at'], zone)}"
+    return text
+
+
+def _uplink_line(uplink: dict[str, Any], running: bool, zone: ZoneInfo) -> str:
+    broker = f" ({uplink['broker']})" if uplink["broker"] else ""
+    state = str(uplink["state"])
+    if state == "online":
+        return f"online since {_local(uplink['last_connected_at'], zone)}{broker}"
+    text = state + broker
+    if not running:
+        text += ": the gateway is not running"
+    if uplink["last_error"]:
+        text += f"; last error {_local(uplink['last_error_at'], zone)}: {uplink['last_error']}"
+        if uplink["failed_attempts"]:
+            text += f" ({uplink['failed_attempts']} failed attempts)"
+    if uplink["next_retry_at"]:
+        text += f"; next try {_local(uplink['next_retry_at'], zone)}"
+    return text + f"; last connected {_local(uplink['last_connected_at'], zone)}"
+
+
 def render_text(report: dict[str, Any], zone: ZoneInfo) -> str:
-    """The human-readable form (times in the store's time zone)."""
+    """The human-readable form (times in the store's time zone, no raw values)."""
     gateway, uplink, box = report["gateway"], report["uplink"], report["outbox"]
     lines = [
         f"store        {report['store']}",
-        f"gateway      {gateway['state']}"
-        + (f" (pid {gateway['pid']})" if gateway["pid"] else "")
-        + (f", version {gateway['version']}" if gateway["version"] else "")
-        + (f", started {_local(gateway['started_at'], zone)}" if gateway["started_at"] else ""),
-        f"uplink       {uplink['state']}, last connected {_local(uplink['last_connected_at'], zone)}",
-        f"outbox       {box['depth']} events waiting, oldest {_age(box['oldest_age_s'])}, last seq {box['last_seq']}",
+        f"gateway      {_gateway_line(gateway, zone)}",
+        f"uplink       {_uplink_line(uplink, gateway['state'] == 'running', zone)}",
+        f"outbox       {box['depth']} events waiting"
+        + (f", oldest {_age(box['oldest_age_s'])}" if box["depth"] else "")
+        + f", last seq {box['last_seq']}",
         "devices" + ("      none configured" if not report["devices"] else ""),
     ]
     for device in report["devices"]:
@@ -192,20 +217,42 @@ def render_text(report: dict[str, Any], zone: ZoneInfo) -> str:
     )
     for name in SECTIONS:
         if name in report:
-            lines.append(f"{name:<12} " + _flat(report[name]))
+            lines.append(f"{name.replace('_', ' '):<12} " + _flat(report[name]))
     return "\n".join(lines)
 
 
-def _flat(value: Any) -> str:
+def _counts(value: dict[str, Any]) -> str:
+    return ", ".join(f"{count} {state}" for state, count in value.items()) or "none"
+
+
+def _facts(item: dict[str, Any]) -> str:
+    return ", ".join(f"{_flat(value)} {key.replace('_', ' ')}" for key, value in item.items() if key != "sku")
+
+
+def _flat(value: Any, key: str = "") -> str:
+    """A section of the report as words: `by_state` maps become "3 sent, 12 confirmed", None "none"."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float) and key.endswith("_s"):
+        return _age(float(value))
     if isinstance(value, dict):
-        return (
-            ", ".join(f"{k} {_flat(v)}" if not isinstance(v, dict) else f"{k}: {_flat(v)}" for k, v in value.items())
-            or "none"
-        )
+        parts = []
+        for k, v in value.items():
+            if isinstance(v, dict) and all(isinstance(n, int) for n in v.values()) and "by_" in k:
+                prefix = k.split("by_")[0].replace("_", " ").strip()
+                parts.append((f"{prefix}: " if prefix else "") + _counts(v))
+            else:
+                parts.append(f"{k.removesuffix('_s').replace('_', ' ')} {_flat(v, k)}")
+        return "; ".join(parts) or "none"
     if isinstance(value, list):
-        return "; ".join(_flat(v) for v in value) or "none"
+        if value and all(isinstance(v, dict) and "sku" in v for v in value):
+            return ", ".join(f"{v['sku']} (" + _facts(v) + ")" for v in value)
+        return ", ".join(_flat(v) for v in value) or "none"
     return str(value)
 
 
-def render_json(report: dict[str, Any]) -> str:
-    return json.dumps(report, indent=2, ensure_ascii=False)
+def render_json(report: dict[str, Any], indent: int | None = 2) -> str:
+    """The JSON form (`status --json`, and the HTTP API's /api/status): the report as it is."""
+    return json.dumps(report, indent=indent, ensure_ascii=False)

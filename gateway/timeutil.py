@@ -33,3 +33,13 @@ def epoch_ms(moment: datetime) -> int:
 
 def from_epoch_ms(value: int) -> datetime:
     return datetime.fromtimestamp(value / 1000, UTC)
+
+
+def human_duration(seconds: float) -> str:
+    """A duration as a person says it: 45 s, 12 min, 3 h 20 min."""
+    whole = int(seconds)
+    if whole < 120:
+        return f"{whole} s"
+    if whole < 7200:
+        return f"{whole // 60} min"
+    return f"{whole // 3600} h {whole % 3600 // 60} min"

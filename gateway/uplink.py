@@ -26,9 +26,11 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
 from paho.mqtt.client import Client as PahoClient
 from paho.mqtt.enums import MQTTErrorCode
@@ -40,7 +42,7 @@ from gateway import outbox
 from gateway.commands import CommandResult
 from gateway.config import Config
 from gateway.db import StateDB, set_meta
-from gateway.timeutil import rfc3339, utc_now
+from gateway.timeutil import human_duration, rfc3339, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ Applying = asyncio.Queue[tuple[aiomqtt.Message, "asyncio.Task[CommandResult | No
 
 _BACKOFF_START_S = 0.5
 _BACKOFF_CAP_S = 30.0
+# A connection that lasts this long ends an outage (and resets the backoff).
+_STABLE_S = 10.0
 _SESSION_EXPIRY_S = 7 * 24 * 3600
 # An event without its PUBACK for this long ends the connection (aiomqtt's own publish timeout).
 _PUBACK_TIMEOUT_S = 10.0
@@ -91,6 +95,74 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     if uplink.cert_file and uplink.key_file:
         context.load_cert_chain(str(uplink.cert_file), str(uplink.key_file))
     return context
+
+
+@dataclass(frozen=True)
+class LinkFailure:
+    """Why the link to the broker failed, in words a technician can act on."""
+
+    kind: str  # refused | dns | tls | timeout | auth | taken_over | closed | keepalive | puback | other
+    text: str
+
+
+_CONNACK_WORDS = {
+    1: "the broker refused the connection: it does not speak this MQTT version (uplink.protocol)",
+    2: "the broker refused the client id (uplink.client_id)",
+    3: "the broker refused the connection: server unavailable",
+    4: "the broker refused the user name or password (uplink.username, uplink.password_file)",
+    5: "the broker refused the connection: not authorised (check the store's user and ACL)",
+}
+
+
+def _innermost(error: BaseException) -> BaseException:
+    """The first real exception inside (possibly nested) exception groups."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+def describe_failure(error: BaseException, client_id: str, keepalive_s: int) -> LinkFailure:
+    """What broke the link, from aiomqtt's exception (which wraps paho's codes and socket errors)."""
+    error = _innermost(error)
+    cause = error.__cause__
+    if isinstance(cause, aiomqtt.MqttCodeError) and not isinstance(error, aiomqtt.MqttCodeError):
+        error = cause  # "Disconnected during message iteration" from "Unexpected disconnection"
+    if isinstance(error, aiomqtt.MqttCodeError):
+        rc = error.rc
+        if isinstance(rc, ReasonCode):  # MQTT 5: the broker says why
+            if rc.value == 142:
+                return LinkFailure(
+                    "taken_over",
+                    f'another client connected with our client id "{client_id}" and the broker closed this '
+                    "connection (session taken over); only one connection per client id is allowed",
+                )
+            if rc.value == 141:
+                return LinkFailure("keepalive", f"the broker heard nothing from us within the keepalive ({rc})")
+            if rc.value in (134, 135):
+                return LinkFailure("auth", f"the broker refused the connection: {rc} (check the store's credentials)")
+            return LinkFailure("closed", f"the broker closed the connection: {rc}")
+        if isinstance(error, MqttConnectError) and isinstance(rc, int):
+            return LinkFailure("auth" if rc in (4, 5) else "refused", _CONNACK_WORDS.get(rc, str(error)))
+        if rc == MQTTErrorCode.MQTT_ERR_KEEPALIVE:
+            return LinkFailure("keepalive", f"no answer from the broker within the keepalive ({keepalive_s} s)")
+        if rc == MQTTErrorCode.MQTT_ERR_CONN_LOST:
+            return LinkFailure("closed", "the connection was closed by the broker or the network")
+        return LinkFailure("other", str(error))
+    text = str(error)
+    lowered = text.lower()
+    if "errno 111" in lowered or "connection refused" in lowered:
+        return LinkFailure("refused", "connection refused (no broker listening there?)")
+    if "name or service not known" in lowered or "name resolution" in lowered or "nodename nor servname" in lowered:
+        return LinkFailure("dns", "the host name could not be resolved (DNS)")
+    if "ssl" in lowered or "certificate" in lowered or "tls" in lowered:
+        return LinkFailure("tls", f"TLS refused: {text} (check uplink.ca_file, cert_file and key_file)")
+    if "timed out" in lowered:
+        return LinkFailure("timeout", "no answer from the broker (timed out)")
+    if "puback" in lowered:
+        return LinkFailure("puback", text)
+    if "no route to host" in lowered or "network is unreachable" in lowered:
+        return LinkFailure("refused", f"the network cannot reach the broker ({text})")
+    return LinkFailure("other", text)
 
 
 def _pending(conn: sqlite3.Connection, *, after: int, room: int) -> list[outbox.OutboxEvent]:
@@ -144,6 +216,17 @@ class OutboxWindow:
             self._progress.set()
 
 
+@dataclass
+class _Outage:
+    """The link is down (or keeps dropping) since `started` (monotonic)."""
+
+    started: float
+    failures: int = 0
+    quick_closes: int = 0
+    reported_kind: str = ""
+    last_error: str = ""
+
+
 class Uplink:
     """Owns the connection to head office for the life of the daemon."""
 
@@ -169,6 +252,8 @@ class Uplink:
         self._deletes: set[asyncio.Task[None]] = set()
         self._acked: set[int] = set()
         self.published = 0
+        self._outage: _Outage | None = None
+        self._backoff = _BACKOFF_START_S
         db.on_commit.append(self._wake.set)
 
     def _state_payload(self, state: str) -> bytes:
@@ -203,34 +288,119 @@ class Uplink:
         return client
 
     async def run(self) -> None:
-        """Connect, serve, reconnect with capped jittered backoff; return after `stop()`."""
-        backoff = _BACKOFF_START_S
-        failures = 0
+        """Connect, serve, reconnect with capped jittered backoff; return after `stop()`.
+
+        An outage is logged once when it starts, again only if its reason changes, and once when
+        the link is back and has stayed up `_STABLE_S` (a broker that drops us at once, e.g. for
+        another client with our id, is still the same outage).
+        """
+        loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
             client = self._client()
+            connected_at: float | None = None
+            stable: asyncio.TimerHandle | None = None
             try:
                 async with client:
-                    if failures:
-                        log.info("uplink: connected again after %d failed attempts", failures)
-                    else:
+                    connected_at = loop.time()
+                    if self._outage is None:
                         log.info("uplink: connected to %s", self.config.uplink.url)
-                    failures, backoff = 0, _BACKOFF_START_S
+                    else:
+                        log.debug("uplink: connected to %s; watching that it stays up", self._where)
+                    stable = loop.call_later(_STABLE_S, self._recovered)
                     await self._serve(client)
             except* aiomqtt.MqttError as group:
-                error = group.exceptions[0]
+                lived = None if connected_at is None else loop.time() - connected_at
                 self._set_state("offline")
-                failures += 1
-                if failures == 1:
-                    log.warning("uplink: %s; retrying with backoff, events wait in the outbox", error)
-                else:
-                    log.debug("uplink: attempt %d failed: %s", failures, error)
+                self._failed(describe_failure(group, self.config.client_id, self.config.uplink.keepalive_s), lived)
+            finally:
+                if stable is not None:
+                    stable.cancel()
             if self._stopping.is_set():
                 break
-            delay = random.uniform(backoff / 2, backoff)
-            backoff = min(backoff * 2, _BACKOFF_CAP_S)
+            delay = random.uniform(self._backoff / 2, self._backoff)
+            self._backoff = min(self._backoff * 2, _BACKOFF_CAP_S)
+            self._record_retry(delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
         self._set_state("offline")
+
+    @property
+    def _where(self) -> str:
+        broker = self.config.uplink.broker
+        return f"{broker.host}:{broker.port}"
+
+    def _failed(self, failure: LinkFailure, lived: float | None) -> None:
+        """Log a failed connection or a lost link once per outage (and per change of reason)."""
+        outage = self._outage
+        first = outage is None
+        if outage is None:
+            outage = self._outage = _Outage(started=time.monotonic())
+        outage.failures += 1
+        if failure.kind == "closed" and lived is not None and lived < _STABLE_S:
+            outage.quick_closes += 1
+            if outage.quick_closes >= 2:  # MQTT 3.1.1 brokers close without saying why; this is the usual one
+                failure = LinkFailure(
+                    "taken_over",
+                    "the broker closes the connection each time soon after it is made: another client is "
+                    f'probably connected with our client id "{self.config.client_id}" (the broker keeps one '
+                    "connection per client id and closes the other)",
+                )
+        if first and lived is not None:
+            log.warning(
+                "uplink: lost the link to %s after %s: %s; reconnecting, events wait in the outbox",
+                self._where,
+                human_duration(lived),
+                failure.text,
+            )
+        elif first:
+            log.warning(
+                "uplink: cannot connect to %s: %s; retrying with backoff, events wait in the outbox",
+                self._where,
+                failure.text,
+            )
+        elif failure.kind != outage.reported_kind:
+            log.warning("uplink: %s: %s (attempt %d, still retrying)", self._where, failure.text, outage.failures)
+        else:
+            log.debug("uplink: attempt %d to %s failed: %s", outage.failures, self._where, failure.text)
+        outage.reported_kind = failure.kind
+        outage.last_error = f"{self._where}: {failure.text}"
+
+    def _recovered(self) -> None:
+        """The link has stayed up `_STABLE_S`: the outage, if any, is over."""
+        self._backoff = _BACKOFF_START_S
+        outage, self._outage = self._outage, None
+        if outage is None:
+            return
+        log.info(
+            "uplink: connected to %s again after %d failed attempts (%s without the link)",
+            self._where,
+            outage.failures,
+            human_duration(time.monotonic() - outage.started),
+        )
+        self._write_meta({"uplink.failed_attempts": "0"})
+
+    def _record_retry(self, delay: float) -> None:
+        outage = self._outage
+        if outage is None:
+            return
+        now = utc_now()
+        self._write_meta(
+            {
+                "uplink.last_error": outage.last_error,
+                "uplink.last_error_at": rfc3339(now),
+                "uplink.failed_attempts": str(outage.failures),
+                "uplink.next_retry_at": rfc3339(now + timedelta(seconds=delay)),
+            }
+        )
+
+    def _write_meta(self, values: dict[str, str]) -> None:
+        def record(conn: Any) -> None:
+            for key, value in values.items():
+                set_meta(conn, key, value)
+
+        task = asyncio.get_running_loop().create_task(self.db.write(record), name="uplink-state")
+        self._deletes.add(task)
+        task.add_done_callback(self._deletes.discard)
 
     async def stop(self) -> None:
         """Ask the link to finish: stop taking commands, flush what is in flight, say offline."""
