@@ -1,9 +1,24 @@
 """The state database: one SQLite file (WAL), numbered migrations, and a group-committing writer.
 
-All writes go through one writer thread. It takes every write job waiting in its queue, runs each
-in a SAVEPOINT of one transaction and commits once: a job that fails rolls back alone, and a burst
-of a thousand events costs one fsync instead of a thousand (the SD card thanks us). A job counts as
-done only after that COMMIT, so "committed before it counts as created" holds for every event.
+All writes go through one writer thread. It takes every write job waiting in its queue, runs them
+in one transaction and commits once: a burst of a thousand events costs one fsync instead of a
+thousand (the SD card thanks us). A job counts as done only after that COMMIT, so "committed before
+it counts as created" holds for every event.
+
+The writer's contract - what a job handed to `StateDB.write` must be:
+- Pure database work on the connection it is given: reads, checks, writes of rows it was handed
+  ready. No rendering, no network, no file or device I/O, no sleeping: every job in the batch (and
+  every task awaiting one) waits for the slowest. With the `gateway.db` logger at DEBUG, a job
+  slower than `SLOW_JOB_S` is logged by name.
+- Safe to run twice. The batch runs without savepoints; when one job raises, the whole transaction
+  is rolled back and the batch runs again with each job in a SAVEPOINT, so the failing job rolls
+  back alone and the others run a second time. Only the last run's effects are committed, so a job
+  must not keep state outside the database between runs (a job that records what it did must
+  overwrite, not append).
+- Cancellable until it starts. A job whose awaiting task was cancelled before the writer took it
+  is skipped; once it runs it commits with its batch, whatever the awaiting task does.
+- Bounded. At most `max_pending` jobs wait for the writer; `write()` waits for a free place
+  beyond that, so a flood of readings slows its producer instead of growing memory.
 
 `synchronous=FULL`: in WAL mode NORMAL may lose the last transactions on a power cut, and the
 contract says a power cut loses no event. Group commit keeps the cost of FULL to one WAL fsync
@@ -13,10 +28,12 @@ per batch.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -29,6 +46,8 @@ T = TypeVar("T")
 WriteJob = Callable[[sqlite3.Connection], Any]
 
 _MAX_BATCH = 512
+MAX_PENDING = 4096
+SLOW_JOB_S = 0.010
 
 
 class SchemaTooNew(RuntimeError):
@@ -85,8 +104,9 @@ class StateDB:
     the running daemon uses `await write(job)` and `await read(job)`.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, max_pending: int = MAX_PENDING) -> None:
         self.path = path
+        self.max_pending = max_pending
         path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = connect(path)
         self.schema_version = migrate(self.conn)
@@ -95,6 +115,9 @@ class StateDB:
         self._jobs: queue.SimpleQueue[tuple[WriteJob, asyncio.Future[Any]] | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._places: asyncio.Semaphore | None = None
+        self.pending = 0
+        """Write jobs handed to the writer whose awaiting task has not had its answer yet."""
         self.on_commit: list[Callable[[], None]] = []
         self.commits = 0
 
@@ -118,18 +141,31 @@ class StateDB:
     async def start(self) -> None:
         """Start the writer and reader threads, bound to the running event loop."""
         self._loop = asyncio.get_running_loop()
+        self._places = asyncio.Semaphore(self.max_pending)
         self._reader = connect(self.path, readonly=True)
         self._read_pool = ThreadPoolExecutor(1, thread_name_prefix="db-reader")
         self._writer = threading.Thread(target=self._write_loop, name="db-writer", daemon=True)
         self._writer.start()
 
     async def write(self, job: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `job` inside the next group commit; return its result once it is committed."""
-        if self._loop is None or self._writer is None:
+        """Run `job` inside the next group commit; return its result once it is committed.
+
+        `job` follows the writer's contract (module docstring): database work only, safe to run twice.
+        """
+        if self._loop is None or self._writer is None or self._places is None:
             raise RuntimeError("StateDB.start() was not called")
+        places = self._places
+        await places.acquire()
+        self.pending += 1
         future: asyncio.Future[T] = self._loop.create_future()
+        future.add_done_callback(self._release)
         self._jobs.put((job, future))
         return await future
+
+    def _release(self, _: asyncio.Future[Any]) -> None:
+        self.pending -= 1
+        if self._places is not None:
+            self._places.release()
 
     async def read(self, job: Callable[[sqlite3.Connection], T]) -> T:
         """Run a read-only `job` on the reader connection (it sees committed data only)."""
@@ -180,6 +216,11 @@ class StateDB:
             self._run_batch(batch)
 
     def _run_batch(self, batch: list[tuple[WriteJob, asyncio.Future[Any]]]) -> None:
+        # A job whose awaiting task was cancelled before it ran is skipped. (Reading a future's state from
+        # this thread is a plain attribute read; a cancel that lands just after it finds a committed job.)
+        batch = [item for item in batch if not item[1].cancelled()]
+        if not batch:
+            return
         outcomes = self._attempt(batch, isolate=False)
         if outcomes is None:
             # a job failed: the batch was rolled back whole; run it again, each job in a savepoint
@@ -196,19 +237,20 @@ class StateDB:
         job aborts the attempt (None); with it, a failing job rolls back alone."""
         conn = self.conn
         outcomes: list[tuple[bool, Any]] = []
+        run = _timed if log.isEnabledFor(logging.DEBUG) else _run
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job, _ in batch:
                 if not isolate:
                     try:
-                        outcomes.append((True, job(conn)))
+                        outcomes.append((True, run(job, conn)))
                     except Exception:
                         conn.execute("ROLLBACK")
                         return None
                     continue
                 conn.execute("SAVEPOINT job")
                 try:
-                    outcomes.append((True, job(conn)))
+                    outcomes.append((True, run(job, conn)))
                     conn.execute("RELEASE job")
                 except Exception as exc:  # a failing job rolls back alone
                     conn.execute("ROLLBACK TO job")
@@ -233,6 +275,27 @@ class StateDB:
                 future.set_exception(value)
         for callback in self.on_commit:
             callback()
+
+
+def _run(job: WriteJob, conn: sqlite3.Connection) -> Any:
+    return job(conn)
+
+
+def _timed(job: WriteJob, conn: sqlite3.Connection) -> Any:
+    """Run a job and name it if it held the writer longer than the contract allows (debug mode only)."""
+    started = time.perf_counter()
+    try:
+        return job(conn)
+    finally:
+        took = time.perf_counter() - started
+        if took > SLOW_JOB_S:
+            log.warning("state database: write job %s held the writer %.1f ms", _name(job), took * 1000)
+
+
+def _name(job: WriteJob) -> str:
+    while isinstance(job, functools.partial):
+        job = job.func
+    return getattr(job, "__qualname__", repr(job))
 
 
 def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
