@@ -3,8 +3,9 @@
 price_check  answer from the local cache on the scanner's own port (a kiosk display), `scan` event
 count        one unit counted for a stock take (`stock_counts`), `scan` and `stock` events (reason count)
 receive      a delivery: on_hand +1 (reason receive)
-return       a BORIS return: on_hand +1 (reason return); a return receipt once printing lands
-pickup       a click & collect order code; `scan` event (orders are wired when they land)
+return       a BORIS return: on_hand +1 (reason return), and the return receipt on the scanner's printer
+pickup       an order's own code collects it; an article's code picks one unit for the oldest open order
+             that needs it (both asked of the orders service); `scan` event with the result
 
 Every answer comes from SQLite, never from head office: the store keeps working offline.
 """

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Literal, Protocol
 if TYPE_CHECKING:
     from PIL import Image
 
-Outcome = Literal["confirmed", "failed", "same_image"]
+Delivery = Literal["confirmed", "failed", "same_image"]
+"""What became of an image sent to a label (not to be confused with a command's `gateway.commands.Outcome`)."""
 
 
 class LabelNotFound(LookupError):
@@ -39,7 +40,7 @@ class DeliveryReport:
     """The fate of an image sent to a label; `token` is the one given to `send_image`."""
 
     label_id: str
-    outcome: Outcome
+    outcome: Delivery
     token: str | None = None
     detail: str | None = None
 

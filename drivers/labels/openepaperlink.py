@@ -1,6 +1,6 @@
 """An OpenEPaperLink access point: images over HTTP, delivery news over its websocket.
 
-Facts this follows (shared/refs/openepaperlink.md, read from the AP firmware):
+Facts this follows (read from the AP firmware; docs/devices.md has them all):
 - `/imgupload` takes a *baseline JPEG* at the tag's exact resolution, and reads `mac` and the
   options only if their parts come *before* the file part; its status code cannot be trusted (an
   empty 200 even on error), so the upload is checked in `/get_db?mac=` (a new /temp/ file name).

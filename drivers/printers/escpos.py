@@ -1,6 +1,6 @@
 """Printers through python-escpos: Network (TCP 9100), Serial, Usb (imported lazily) and File.
 
-What python-escpos does not do and we must (shared/refs/library-facts.md §3): Network never
+What python-escpos does not do and we must (docs/devices.md): Network never
 reconnects by itself, a late status reply is not drained (so after a timeout we close and reopen),
 and an empty status read means nothing, not "paper OK". So status bytes are read here, one
 request at a time, and any doubt is "unavailable".

@@ -11,13 +11,12 @@ time is retried a bounded number of times, then the label is reported `failed`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import sqlite3
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from drivers.labels import LabelNotFound, LabelStation, TagInfo
 from gateway import devices
@@ -91,7 +90,6 @@ class LabelService(Service):
     def setup(self) -> None:
         self.queues: dict[str, StationQueue] = {}
         self._unavailable: dict[str, str] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._planning = asyncio.Lock()
         # labels of scheduled prices, rendered ahead: (station, label, version) -> rendered label
         self.prerendered: dict[tuple[str, str, int], RenderedLabel] = {}
@@ -217,16 +215,15 @@ class LabelService(Service):
 
         from gateway.labels.render import render
 
+        # taken here, on the loop that fills and clears `prerendered`; the worker thread only renders
+        ahead: list[RenderedLabel | None] = []
+        for row, spec, price, _ in jobs:
+            label = self.prerendered.pop((row.station, row.label, price.version), None)
+            ahead.append(label if label is not None and label.image.size == (spec.width, spec.height) else None)
+        self.prerender_hits += sum(label is not None for label in ahead)
+
         def draw() -> list[RenderedLabel]:
-            out = []
-            for row, spec, price, content in jobs:
-                ahead = self.prerendered.pop((row.station, row.label, price.version), None)
-                if ahead is not None and ahead.image.size == (spec.width, spec.height):
-                    self.prerender_hits += 1
-                    out.append(ahead)
-                else:
-                    out.append(render(content, spec))
-            return out
+            return [label or render(content, spec) for (_, spec, _, content), label in zip(jobs, ahead, strict=True)]
 
         rendered = await asyncio.to_thread(draw)
 
@@ -327,9 +324,3 @@ class LabelService(Service):
             for label, entry in late:
                 queue.in_flight.pop(label, None)
                 await self._failed(queue, label, entry.content_hash, entry.image, "not confirmed in time")
-
-    async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.gather(*self._tasks, return_exceptions=True)

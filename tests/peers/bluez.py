@@ -3,7 +3,7 @@
 A private `dbus-daemon` (its address in DBUS_SYSTEM_BUS_ADDRESS, which bleak's dbus-fast honours),
 python-dbusmock's `bluez5` template with one adapter, and `advertise()` that makes a device appear
 (AddObject + InterfacesAdded) and then changes its ServiceData/RSSI (PropertiesChanged), as
-bluetoothd does. Facts and gotchas: shared/refs/ble-testing.md. Also builds real BTHome v2 frames,
+bluetoothd does. Facts and gotchas: docs/devices.md. Also builds real BTHome v2 frames,
 plain and AES-CCM encrypted. Test-only code (python-dbusmock is a test dependency).
 """
 

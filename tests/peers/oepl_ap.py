@@ -1,6 +1,6 @@
 """An OpenEPaperLink access point on 127.0.0.1, faithful to the firmware where the driver depends on it.
 
-Behaviour copied from the firmware (shared/refs/openepaperlink.md): `/imgupload` reads `mac` and
+Behaviour copied from the firmware (docs/devices.md): `/imgupload` reads `mac` and
 the options only when they come before the file part (else the upload is dropped) and answers an
 empty 200 whatever happened; only baseline JPEGs at the tag's resolution are taken ("invalid jpg"
 otherwise); `/get_db` records with 16-hex upper-case MACs and a decimal hwType; missing tag-type
