@@ -1,4 +1,8 @@
-"""Device status: one row per device, and a `device` event only when the status changes."""
+"""Device status: one row per device, and a `device` event only when the status changes.
+
+This is where a device's failure and its recovery are logged, each once: the line names the device
+and, in the detail, its address and what went wrong.
+"""
 
 from __future__ import annotations
 
@@ -20,8 +24,12 @@ def report(
     kind: str,
     status: DeviceStatus,
     detail: str | None = None,
+    address: str | None = None,
 ) -> bool:
-    """Record a device's status; emit a `device` event and log once if it changed. True if it changed."""
+    """Record a device's status; emit a `device` event and log once if it changed. True if it changed.
+
+    `address` (a URL, a serial port) is for the log line only.
+    """
     row = conn.execute("SELECT status, detail FROM devices WHERE id = ?", (device,)).fetchone()
     if row is not None and row[0] == status and row[1] == detail:
         return False
@@ -35,6 +43,10 @@ def report(
     if detail:
         data["detail"] = detail
     outbox.append(conn, "device", data)
-    level = logging.INFO if status == "online" else logging.WARNING
-    log.log(level, "%s %s is %s%s", kind, device, status, f" ({detail})" if detail else "")
+    name = f"{kind} {device}" + (f" ({address})" if address else "")
+    if status == "online":
+        back = row is not None and row[0] != "online"
+        log.info("%s is %s%s", name, "back online" if back else "online", f" ({detail})" if detail else "")
+    else:
+        log.warning("%s: %s%s", name, status, f": {detail}" if detail else "")
     return True

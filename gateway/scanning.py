@@ -142,7 +142,9 @@ class ScanningService(Service):
             self.rules = InStoreRules(rules, codes.currency)
         for scanner in self.gateway.config.scanners:
             self.gateway.add_task(
-                f"scanner:{scanner.id}", functools.partial(self.run_scanner, scanner), Device(scanner.id, "scanner")
+                f"scanner:{scanner.id}",
+                functools.partial(self.run_scanner, scanner),
+                Device(scanner.id, "scanner", scanner.port),
             )
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -155,7 +157,7 @@ class ScanningService(Service):
             config.baudrate,
             framing,
             name=f"scanner {config.id}",
-            on_status=functools.partial(self._status, config.id),
+            on_status=functools.partial(self._status, config.id, config.port),
         )
         try:
             async for reading in scanner.readings():
@@ -194,9 +196,11 @@ class ScanningService(Service):
         except DocumentRefused as exc:
             log.warning("scanner %s: return receipt not printed: %s", scanner, exc)
 
-    def _status(self, scanner_id: str, status: ScannerStatus) -> None:
+    def _status(self, scanner_id: str, port: str, status: ScannerStatus) -> None:
         state: devices.DeviceStatus = "online" if status.online else "offline"
-        job = functools.partial(devices.report, device=scanner_id, kind="scanner", status=state, detail=status.detail)
+        job = functools.partial(
+            devices.report, device=scanner_id, kind="scanner", status=state, detail=status.detail, address=port
+        )
         task = asyncio.get_running_loop().create_task(self.gateway.db.write(job))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -8,7 +8,9 @@ never by importing each other: the import-linter contracts in pyproject.toml che
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -19,6 +21,8 @@ from gateway.commands import CommandResult, Dispatcher
 from gateway.config import Config
 from gateway.db import StateDB
 from gateway.supervisor import Device, Supervisor
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -83,10 +87,25 @@ class Gateway:
         return result
 
     async def apply_command(self, payload: bytes, name: str | None) -> CommandResult:
-        """The one path of every command: validate, apply, answer, in one transaction; then signal."""
+        """The one path of every command: validate, apply, answer, in one transaction; then signal.
+
+        Each command is logged once, at INFO, when committed: id, type, outcome and milliseconds.
+        """
+        started = time.perf_counter()
         result = await self.db.write(lambda conn: self.dispatcher.handle(conn, payload, name))
         for signal in result.signals:
             self.bus.publish(signal)
+        first_error = f" ({result.errors[0].field}: {result.errors[0].message})" if result.errors else ""
+        log.info(
+            "command %s %s: %s, %d applied, %d skipped%s (%.0f ms)",
+            result.command_id or "(no id)",
+            result.type or name or "(no type)",
+            result.status,
+            result.applied,
+            result.skipped,
+            first_error[:200],
+            (time.perf_counter() - started) * 1000,
+        )
         return result
 
 

@@ -248,10 +248,14 @@ class ShelfService(Service):
         ble = [s for s in config.sensors if s.backend == "bthome"]
         if mqtt:
             self.gateway.add_task(
-                "sensors:mqtt", functools.partial(self.run_mqtt, mqtt), Device("local-mqtt", "broker")
+                "sensors:mqtt",
+                functools.partial(self.run_mqtt, mqtt),
+                Device("local-mqtt", "broker", config.local_mqtt.url),
             )
         if ble:
-            self.gateway.add_task("sensors:bthome", functools.partial(self.run_bthome, ble), Device("ble", "adapter"))
+            self.gateway.add_task(
+                "sensors:bthome", functools.partial(self.run_bthome, ble), Device("ble", "adapter", "BlueZ")
+            )
         if config.sensors:
             self.gateway.add_task("sensors:silence", self.watch_silence)
 
@@ -290,7 +294,7 @@ class ShelfService(Service):
             username=local.username,
             password=password,
             client_id=f"{self.gateway.config.client_id}-sensors",
-            on_status=functools.partial(self._source_status, "local-mqtt", "broker"),
+            on_status=functools.partial(self._source_status, "local-mqtt", "broker", local.url),
         )
         async for reading in source.readings():
             await self.handle(reading)
@@ -309,13 +313,15 @@ class ShelfService(Service):
 
                 key = bytes.fromhex(os.environ[sensor.bind_key_env])
             configured.append(BthomeSensor(sensor.id, sensor.address or "", key))
-        source = BthomeSensors(configured, on_status=functools.partial(self._source_status, "ble", "adapter"))
+        source = BthomeSensors(configured, on_status=functools.partial(self._source_status, "ble", "adapter", "BlueZ"))
         async for reading in source.readings():
             await self.handle(reading)
 
-    def _source_status(self, device: str, kind: str, status: SourceStatus) -> None:
+    def _source_status(self, device: str, kind: str, address: str, status: SourceStatus) -> None:
         state: devices.DeviceStatus = "online" if status.online else "offline"
-        job = functools.partial(devices.report, device=device, kind=kind, status=state, detail=status.detail)
+        job = functools.partial(
+            devices.report, device=device, kind=kind, status=state, detail=status.detail, address=address
+        )
         task = asyncio.get_running_loop().create_task(self.gateway.db.write(job))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -1,8 +1,11 @@
 """Runs every long-lived part of the daemon as a named task and restarts what fails, with backoff.
 
-A driver that crashes is logged once with its traceback, reported as a `device` event with
-status `error`, and started again after a capped, jittered exponential delay; it never takes the
-daemon down. A part that ran healthy for a while starts again from the shortest delay.
+A device that fails is recorded with status `error` and a detail naming its address and the
+reason (`devices.report` logs that once, and once again when the device is back online), and its
+part is started again after a capped, jittered exponential delay; it never takes the daemon down.
+The retries are logged at DEBUG only. A traceback is logged only at DEBUG, or at ERROR when the
+exception is not a device's (a bug of ours). A part that ran healthy for a while starts again
+from the shortest delay.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from drivers.errors import reason
 from gateway import devices
 from gateway.db import StateDB
 
@@ -21,12 +25,24 @@ log = logging.getLogger(__name__)
 _HEALTHY_AFTER_S = 60.0
 
 
+# Exceptions of these libraries (and of our drivers) are what devices and networks do, not bugs.
+_DEVICE_LIBRARIES = ("drivers", "aiohttp", "aiomqtt", "paho", "serial", "escpos", "usb", "bleak", "dbus_fast")
+
+
+def is_device_error(error: BaseException) -> bool:
+    """True for what a device, a network or a radio does (no traceback needed), False for a bug."""
+    if isinstance(error, OSError | TimeoutError | ConnectionError):
+        return True
+    return type(error).__module__.split(".")[0] in _DEVICE_LIBRARIES
+
+
 @dataclass(frozen=True)
 class Device:
     """The device a supervised part drives, for `device` events."""
 
     id: str
     kind: str
+    address: str = ""  # where it is: a URL, a serial port; named in every failure line
 
 
 class Supervisor:
@@ -54,17 +70,22 @@ class Supervisor:
                 self.restarts[name] = count
                 if loop.time() - started > _HEALTHY_AFTER_S:
                     delay = self.first_delay_s
-                if count == 1 or delay == self.first_delay_s:
-                    log.exception("%s failed; restarting in %.1f s", name, delay)
+                first = count == 1 or delay == self.first_delay_s
+                if first and not is_device_error(exc):
+                    log.exception("%s failed (a bug: please report this traceback); restarting in %.1f s", name, delay)
+                elif first and device is None:  # a device's failure is logged by devices.report, once
+                    log.warning("%s failed: %s; restarting with backoff", name, reason(exc))
                 else:
-                    log.warning("%s failed again (%s: %s); restarting in %.1f s", name, type(exc).__name__, exc, delay)
+                    log.debug("%s failed (%s); restarting in %.1f s", name, exc, delay, exc_info=True)
                 if device is not None:
-                    await self._report(device, f"{type(exc).__name__}: {exc}")
+                    await self._report(device, reason(exc))
             await asyncio.sleep(random.uniform(delay / 2, delay))
             delay = min(delay * 2, self.max_delay_s)
 
     async def _report(self, device: Device, detail: str) -> None:
         try:
-            await self.db.write(lambda conn: devices.report(conn, device.id, device.kind, "error", detail[:200]))
+            await self.db.write(
+                lambda conn: devices.report(conn, device.id, device.kind, "error", detail[:200], device.address)
+            )
         except Exception:
             log.exception("could not record the failure of %s", device.id)

@@ -138,6 +138,8 @@ def describe_failure(error: BaseException, client_id: str, keepalive_s: int) -> 
                 )
             if rc.value == 141:
                 return LinkFailure("keepalive", f"the broker heard nothing from us within the keepalive ({rc})")
+            if rc.value == 128:  # what paho says for a connection closed without a DISCONNECT packet
+                return LinkFailure("closed", "the connection was closed by the broker or the network")
             if rc.value in (134, 135):
                 return LinkFailure("auth", f"the broker refused the connection: {rc} (check the store's credentials)")
             return LinkFailure("closed", f"the broker closed the connection: {rc}")
@@ -430,6 +432,7 @@ class Uplink:
         for topic_filter in self.topics.command_filters:
             await client.subscribe(topic_filter, qos=1)
         await client.publish(self.topics.state, self._state_payload("online"), qos=1, retain=True)
+        log.debug("uplink: subscribed to %s; published online", ", ".join(self.topics.command_filters))
         self._set_state("online")
         async with asyncio.TaskGroup() as group:
             group.create_task(self._receive(client), name="uplink-commands")
@@ -537,6 +540,7 @@ class Uplink:
                         if event.seq not in self._acked:
                             window.publish(self.topics.event(event.kind), event.envelope(self.topics.store), event.seq)
                     if batch:
+                        log.debug("uplink: publishing events seq %d to %d", batch[0].seq, batch[-1].seq)
                         continue
                 if stopping:
                     wait_s: float | None = 5.0

@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 from PIL import Image
 
+from drivers.errors import reason
 from drivers.labels import DeliveryReport, LabelNotFound, TagInfo
 
 log = logging.getLogger(__name__)
@@ -157,20 +158,29 @@ class OpenEPaperLinkStation:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Open the HTTP session and the websocket listener; on any failure nothing stays open."""
+        await self.close()  # a restart after a failure starts from nothing
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
-        # a permanent /ws client keeps every tag awake unless stopsleep is off (battery)
-        async with self._session.post(f"{self.url}/save_apcfg", data={"stopsleep": "0"}) as response:
-            if response.status >= 400:
-                log.warning("%s: /save_apcfg answered %s", self.name, response.status)
+        try:
+            # a permanent /ws client keeps every tag awake unless stopsleep is off (battery)
+            async with self._session.post(f"{self.url}/save_apcfg", data={"stopsleep": "0"}) as response:
+                if response.status >= 400:
+                    log.warning("%s (%s): /save_apcfg answered %s", self.name, self.url, response.status)
+        except BaseException:
+            await self.close()
+            raise
         self._listener = asyncio.get_running_loop().create_task(self._listen(), name=f"oepl:{self.name}:ws")
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
+        """Stop the listener and close the session (safe to call twice, or before start)."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-        if self._session is not None:
-            await self._session.close()
+                await listener
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -278,7 +288,7 @@ class OpenEPaperLinkStation:
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 failures += 1
                 if failures == 1:
-                    log.warning("%s: websocket lost (%s); reconnecting", self.name, exc)
+                    log.warning("%s (%s): websocket lost (%s); reconnecting", self.name, ws_url, reason(exc))
             self.ws_connected.clear()
             await asyncio.sleep(random.uniform(backoff / 2, backoff))
             backoff = min(backoff * 2, 30.0)

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import serial
 import serial_asyncio_fast
 
+from drivers.errors import reason
 from drivers.scanners import Framing, LineFramer, ScannerStatus, ScanReading
 
 log = logging.getLogger(__name__)
@@ -49,10 +50,10 @@ class SerialScanner:
         if online == self._online:
             return
         self._online = online
-        if online:
-            log.info("%s: %s open", self.name, self.port)
-        else:
-            log.warning("%s: %s unavailable (%s)", self.name, self.port, detail)
+        # the gateway logs the change (with the port) when it records the status
+        log.debug(
+            "%s: %s %s%s", self.name, self.port, "open" if online else "unavailable", f" ({detail})" if detail else ""
+        )
         if self.on_status is not None:
             self.on_status(ScannerStatus(online, detail))
 
@@ -62,7 +63,7 @@ class SerialScanner:
             try:
                 reader, writer = await serial_asyncio_fast.open_serial_connection(url=self.port, baudrate=self.baudrate)
             except (serial.SerialException, OSError) as exc:
-                self._status(False, str(exc))
+                self._status(False, reason(exc))
                 await asyncio.sleep(random.uniform(backoff / 2, backoff))
                 backoff = min(backoff * 2, _BACKOFF_CAP_S)
                 continue

@@ -9,7 +9,9 @@ brought (new SensorValue objects), so a repeated advertisement (same packet id) 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bleak import BleakScanner
+from bleak.exc import BleakDBusError, BleakError
 from bthome_ble import BTHomeBluetoothDeviceData
 from habluetooth import BluetoothServiceInfoBleak
 
@@ -106,11 +109,48 @@ class BthomeSensors:
 
             options["scanning_mode"] = "passive"
             options["bluez"] = {"or_patterns": [OrPattern(0, AdvertisementDataType.SERVICE_DATA_UUID16, b"\xd2\xfc")]}
-        async with BleakScanner(**options):
+        async with _scanning(options):
             if self.on_status is not None:
                 self.on_status(SourceStatus(True))
             while True:
                 yield await queue.get()
+
+
+class BluezUnavailable(ConnectionError):
+    """BlueZ cannot be reached: no system D-Bus, or no bluetoothd on it, or no adapter."""
+
+
+def _system_bus() -> str:
+    return os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/run/dbus/system_bus_socket")
+
+
+@contextlib.asynccontextmanager
+async def _scanning(options: dict[str, Any]) -> AsyncIterator[None]:
+    """A running BleakScanner; BlueZ missing is said in words, not as a FileNotFoundError."""
+    scanner = BleakScanner(**options)
+    try:
+        await scanner.start()
+    except (FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
+        raise BluezUnavailable(
+            f"BlueZ cannot be reached: no system D-Bus at {_system_bus()} ({exc.strerror or exc}); "
+            "is dbus running, and bluetoothd?"
+        ) from None
+    except BleakDBusError as exc:
+        if exc.dbus_error in ("org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner"):
+            raise BluezUnavailable(
+                f"bluetoothd is not running: nothing answers for org.bluez on the system D-Bus ({_system_bus()}); "
+                "start it (systemctl start bluetooth)"
+            ) from None
+        raise
+    except BleakError as exc:
+        if "adapter" in str(exc).lower():
+            raise BluezUnavailable(f"BlueZ has no Bluetooth adapter: {exc}") from None
+        raise
+    try:
+        yield
+    finally:
+        with contextlib.suppress(BleakError, OSError):
+            await scanner.stop()
 
 
 def _float(value: Any) -> float | None:

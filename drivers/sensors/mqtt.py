@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 
+from drivers.errors import reason
 from drivers.sensors import SensorReading, SourceStatus, parse_json_reading
 
 log = logging.getLogger(__name__)
@@ -46,10 +47,8 @@ class MqttSensors:
     def _status(self, online: bool, detail: str | None = None) -> None:
         if online != self._online:
             self._online = online
-            if online:
-                log.info("local MQTT %s:%s connected", self.host, self.port)
-            else:
-                log.warning("local MQTT %s:%s unavailable: %s", self.host, self.port, detail)
+            # the gateway logs the change (with the address) when it records the status
+            log.debug("local MQTT %s:%s %s: %s", self.host, self.port, "connected" if online else "unavailable", detail)
             if self.on_status is not None:
                 self.on_status(SourceStatus(online, detail))
 
@@ -75,6 +74,6 @@ class MqttSensors:
                         if reading is not None:
                             yield reading
             except aiomqtt.MqttError as exc:
-                self._status(False, str(exc))
+                self._status(False, reason(exc))
             await asyncio.sleep(random.uniform(backoff / 2, backoff))
             backoff = min(backoff * 2, 30.0)

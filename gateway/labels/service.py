@@ -105,7 +105,7 @@ class LabelService(Service):
             self.gateway.add_task(
                 f"labels:{config.id}",
                 functools.partial(self.run_station, config.id),
-                Device(config.id, "label_station"),
+                Device(config.id, "label_station", config.url or str(config.directory)),
             )
         stations = {sid: queue.station for sid, queue in self.queues.items()}
         self.gateway.dispatcher.register("label.assign", plan.LabelAssign, plan.make_assign_handler(stations))
@@ -248,7 +248,13 @@ class LabelService(Service):
         queue = self.queues[station_id]
         await queue.station.start()
         await self.gateway.db.write(
-            functools.partial(devices.report, device=station_id, kind="label_station", status="online")
+            functools.partial(
+                devices.report,
+                device=station_id,
+                kind="label_station",
+                status="online",
+                address=queue.config.url or str(queue.config.directory),
+            )
         )
         try:
             async with asyncio.TaskGroup() as group:
@@ -276,6 +282,7 @@ class LabelService(Service):
                     continue  # a newer render replaced it meanwhile
                 queue.in_flight[label] = InFlight(content_hash, image, loop.time())
                 try:
+                    log.debug("label %s on %s: sending image %s", label, station_id, content_hash[:12])
                     await queue.station.send_image(label, image, content_hash)
                 except Exception as exc:
                     queue.in_flight.pop(label, None)

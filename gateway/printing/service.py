@@ -163,7 +163,9 @@ class PrintingService(Service):
         self.gateway.add_task("printing:recover", self.recover)
         for printer in config.printers:
             self.gateway.add_task(
-                f"printer:{printer.id}", functools.partial(self.run_printer, printer), Device(printer.id, "printer")
+                f"printer:{printer.id}",
+                functools.partial(self.run_printer, printer),
+                Device(printer.id, "printer", printer.url),
             )
 
     def handle_print(self, context: CommandContext, data: PrintCommand) -> Outcome:
@@ -202,7 +204,9 @@ class PrintingService(Service):
         else:
             state, detail = "error", status.detail  # it answers, but cannot print: paper_out, cover_open
         await self.gateway.db.write(
-            functools.partial(devices.report, device=printer.id, kind="printer", status=state, detail=detail)
+            functools.partial(
+                devices.report, device=printer.id, kind="printer", status=state, detail=detail, address=printer.url
+            )
         )
 
     async def run_printer(self, config: PrinterConfig) -> None:
@@ -232,6 +236,7 @@ class PrintingService(Service):
                     continue
                 await db.write(functools.partial(start_printing, job=job_id))
                 try:
+                    log.debug("printer %s: printing job %s (%d bytes)", config.id, job_id, len(payload))
                     await asyncio.to_thread(device.send, payload)
                 except JobInterrupted as exc:
                     # the connection broke mid-job: it may have printed in part, never resend it

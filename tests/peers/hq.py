@@ -185,14 +185,15 @@ async def running_gateway(config_path: Path) -> AsyncIterator[Config]:
 class GatewayProcess:
     """`python -m gateway run --config PATH` as a child process (for SIGKILL and signal tests)."""
 
-    def __init__(self, config_path: Path, log_path: Path) -> None:
+    def __init__(self, config_path: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.config_path = config_path
         self.log_path = log_path
+        self.env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> GatewayProcess:
         log = self.log_path.open("ab")
-        env = dict(os.environ, PYTHONPATH=str(REPO))
+        env = dict(os.environ, PYTHONPATH=str(REPO), **self.env)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "--config", str(self.config_path)],
             stdout=log,

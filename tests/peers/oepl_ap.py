@@ -65,7 +65,8 @@ class FakeAccessPoint:
         self.tags[mac] = tag
         return tag
 
-    async def start(self) -> FakeAccessPoint:
+    async def start(self, port: int = 0) -> FakeAccessPoint:
+        """Listen on 127.0.0.1 (`port` 0: a free one); `url` says where."""
         app = web.Application()
         app.router.add_get("/get_db", self.get_db)
         app.router.add_get("/tagtypes/{name}", self.get_tagtype)
@@ -77,7 +78,7 @@ class FakeAccessPoint:
         app.router.add_get("/ws", self.ws)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.url = f"http://127.0.0.1:{port}"
