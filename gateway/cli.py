@@ -100,7 +100,44 @@ def _broker(args: argparse.Namespace) -> object:
     )
 
 
+def cmd_ingest(args: argparse.Namespace) -> int:
+    """`hq ingest`: its libraries come with the extra `store-gateway[hq]`, loaded only here."""
+    try:
+        from gateway.ingest import sources, worker
+    except ModuleNotFoundError as exc:
+        print(f"hq ingest: {exc.name} is missing; install the extra: pip install 'store-gateway[hq]'", file=sys.stderr)
+        return 1
+    setup_logging("INFO")
+    source_options = sources.SourceOptions(
+        url=args.broker,
+        prefix=args.prefix,
+        batch=args.batch,
+        share=args.share,
+        client_id=args.client_id,
+        ca_file=args.ca_file,
+        cert_file=args.cert_file,
+        key_file=args.key_file,
+        username=args.username,
+        password_file=args.password_file,
+    )
+    options = worker.IngestOptions(
+        db=args.db, batch=args.batch, once=args.once, idle_s=args.idle, progress_s=args.progress
+    )
+    try:
+        return asyncio.run(worker.ingest(source_options, options))
+    except (ValueError, sources.SourceError) as exc:
+        print(f"hq ingest: {exc}", file=sys.stderr)
+        return 2
+    except ConnectionError as exc:
+        print(f"hq ingest: broker {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
 def cmd_hq(args: argparse.Namespace) -> int:
+    if args.hq_command == "ingest":
+        return cmd_ingest(args)
     import aiomqtt
 
     from gateway import hq
@@ -169,6 +206,16 @@ def _sub(sub: Any, name: str, summary: str, description: str, examples: list[str
         name, help=summary, description=textwrap.fill(description, 90), epilog=epilog, formatter_class=_Help
     )
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
         "hq",
         "head-office side tool: push prices, send commands, watch events",
         "The head-office side of the MQTT link, for operations by hand: push a price file, send one "
-        "command, watch a store's events. The broker options come before the sub-command.",
+        "command, watch a store's events; and `ingest`, every store's events into PostgreSQL. The broker "
+        "options come before the sub-command.",
         [
             "store-gateway hq --broker mqtt://127.0.0.1:1883 watch --store 0042",
             "store-gateway hq --broker mqtts://mqtt.hq.example:8883 --ca-file ca.pem "
@@ -271,7 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
         ],
         "docs/mqtt-api.md (topics, commands, events)",
     )
-    hq.add_argument("--broker", required=True, metavar="URL", help="mqtt://host:port or mqtts://host:port (required)")
+    hq.add_argument(
+        "--broker",
+        required=True,
+        metavar="URL",
+        help="mqtt://host:port or mqtts://host:port; ingest also amqp://, amqps://, nats:// (required)",
+    )
     hq.add_argument("--prefix", default="retail", help="the stores' uplink.topic_prefix (default: retail)")
     hq.add_argument("--ca-file", type=Path, metavar="PEM", help="mqtts: the broker's CA (default: the system's CAs)")
     hq.add_argument("--cert-file", type=Path, metavar="PEM", help="mqtts: client certificate (with --key-file)")
@@ -340,6 +393,40 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--kind", action="append", help="only this event kind, e.g. scan (repeatable; default: all)")
     watch.add_argument("--count", type=int, metavar="N", help="stop after this many events (default: never)")
     watch.add_argument("--timeout", type=float, metavar="SECONDS", help="stop after this many seconds (default: never)")
+    ingest = _sub(
+        hq_sub,
+        "ingest",
+        "land every store's events in PostgreSQL, exactly once (extra store-gateway[hq])",
+        "Consume every store's events durably (MQTT persistent session, RabbitMQ quorum queue P.hq.events, "
+        "NATS JetStream stream HQ_EVENTS) and write them into PostgreSQL in batches, acknowledging each "
+        "message only after its transaction committed. Duplicates are dropped and counted, seq gaps are "
+        "recorded and closed. A progress line per --progress seconds on stderr; SIGTERM commits the batch "
+        "in hand and exits 0.",
+        [
+            "store-gateway hq --broker amqp://ingest:secret@127.0.0.1:5672/ ingest --db postgresql://hq@127.0.0.1/hq",
+            "store-gateway hq --broker nats://127.0.0.1:4222 ingest --db postgresql://hq@127.0.0.1/hq --once",
+            "store-gateway hq --broker mqtt://127.0.0.1:1883 ingest --db postgresql://hq@127.0.0.1/hq "
+            "--share hq --client-id hq-ingest-1",
+        ],
+        "docs/ingest.md",
+    )
+    ingest.add_argument("--db", required=True, metavar="DSN", help="postgresql://user@host:port/database (required)")
+    ingest.add_argument(
+        "--batch", type=_positive_int, default=500, metavar="N", help="messages per transaction (default: 500)"
+    )
+    ingest.add_argument("--once", action="store_true", help="drain what is queued, then exit")
+    ingest.add_argument(
+        "--idle",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="with --once: this long without a message means drained (default: 2)",
+    )
+    ingest.add_argument("--share", metavar="NAME", help="MQTT: split the load with $share/NAME/... (Mosquitto only)")
+    ingest.add_argument("--client-id", metavar="ID", help="MQTT: this worker's fixed client id (default: hq-ingest)")
+    ingest.add_argument(
+        "--progress", type=float, default=10.0, metavar="SECONDS", help="seconds between progress lines (default: 10)"
+    )
     hq.set_defaults(func=cmd_hq)
     return parser
 

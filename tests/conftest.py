@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import itertools
+import shutil
 import signal
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.peers.mosquitto import MosquittoBroker, make_tls_files, require_mosquitto
+from tests.peers.postgres import PostgresServer
 
 _counter = itertools.count()
 
@@ -62,3 +65,24 @@ def state_dir(tmp_path: Path) -> Path:
     path = tmp_path / "state"
     path.mkdir()
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the whole session; each test makes its own database (`pg_dsn`).
+
+    Its directory is outside pytest's (mode 0700, root's) so that the `postgres` user can reach it.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="store-gateway-pg-"))
+    server = PostgresServer(workdir)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_dsn(postgres: PostgresServer) -> str:
+    """A fresh, empty database on the session's PostgreSQL."""
+    return postgres.create_database()
