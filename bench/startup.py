@@ -85,14 +85,14 @@ async def load(port: int, seconds: float) -> int:
             items = price_items(500, version=version, seed=version)
             version += 1
             cmd = {"id": f"load{version}", "type": "price.set", "data": {"items": items}}
-            await client.publish(f"retail/stores/{STORE}/commands/price.set", json.dumps(cmd).encode(), qos=1)
+            await client.publish(f"retail/stores/{STORE}/commands/price/set", json.dumps(cmd).encode(), qos=1)
             for i in range(50):
                 adj = {
                     "id": f"adj{version}-{i}",
                     "type": "stock.adjust",
                     "data": {"sku": f"SKU{i:06d}", "delta": 1, "reason": "receive"},
                 }
-                await client.publish(f"retail/stores/{STORE}/commands/stock.adjust", json.dumps(adj).encode(), qos=1)
+                await client.publish(f"retail/stores/{STORE}/commands/stock/adjust", json.dumps(adj).encode(), qos=1)
             sent += 51
             await asyncio.sleep(0.5)
     return sent

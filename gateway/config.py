@@ -7,6 +7,7 @@ The keys are those of contract.md §2; docs/configuration.md describes each one.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -23,8 +25,36 @@ from pydantic import (
     model_validator,
 )
 
-DeviceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
-TopicSegment = Annotated[str, Field(pattern=r"^[^/#+\x00]{1,64}$")]
+from gateway.topics import topic_id_problem
+
+
+def _topic_id(value: str) -> str:
+    problem = topic_id_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    if len(value) > 64:
+        raise ValueError("at most 64 characters")
+    return value
+
+
+def _device_id(value: str) -> str:
+    _topic_id(value)
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", value):
+        raise ValueError(f'"{value}" may hold only letters, digits, "_" and "-"')
+    return value
+
+
+def _store_id(value: str) -> str:
+    _device_id(value)
+    if len(value) > 32:
+        raise ValueError("at most 32 characters")
+    return value
+
+
+# Ids that end up in MQTT topics (contract.md §3): no ".", space, "+", "#" or "/".
+TopicSegment = Annotated[str, AfterValidator(_topic_id)]
+DeviceId = Annotated[str, AfterValidator(_device_id)]
+StoreId = Annotated[str, AfterValidator(_store_id)]
 
 PRINTER_SCHEMES = ("tcp", "serial", "usb", "file")
 SECRET_KEYS = {"password", "bind_key", "bindkey", "key_password"}
@@ -45,7 +75,7 @@ class _Section(BaseModel):
 class StoreConfig(_Section):
     """[store]: who this gateway is."""
 
-    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
+    id: StoreId
     timezone: str = "UTC"
     groups: list[TopicSegment] = []
     name: str = ""
@@ -99,7 +129,7 @@ class UplinkConfig(_Section):
     """[uplink]: the MQTT link to head office."""
 
     url: str
-    topic_prefix: Annotated[str, Field(pattern=r"^[^#+\x00]+$")] = "retail"
+    topic_prefix: TopicSegment = "retail"
     client_id: str | None = None
     ca_file: Path | None = None
     cert_file: Path | None = None
@@ -116,13 +146,6 @@ class UplinkConfig(_Section):
     @classmethod
     def _url(cls, value: str) -> str:
         return check_broker_url(value)
-
-    @field_validator("topic_prefix")
-    @classmethod
-    def _prefix(cls, value: str) -> str:
-        if value.startswith("/") or value.endswith("/"):
-            raise ValueError("must not start or end with /")
-        return value
 
     @field_validator("ca_file", "cert_file", "key_file", "password_file")
     @classmethod

@@ -27,6 +27,7 @@ from gateway.commands import field_errors
 from gateway.config import BrokerAddress, check_broker_url
 from gateway.pricing import InvalidItem, convert_item, price_problems
 from gateway.timeutil import rfc3339, utc_now
+from gateway.topics import group_command_topic, store_command_topic, topic_id_problem
 
 CSV_REQUIRED = ("sku", "price", "currency")
 CSV_OPTIONAL = ("gtin", "name", "promo_price", "promo_until", "valid_from", "version", "net_quantity", "net_unit")
@@ -51,6 +52,7 @@ class BrokerOptions:
     password_file: Path | None = None
 
     def client(self) -> aiomqtt.Client:
+        check_topic_id("--prefix", self.prefix)
         try:
             check_broker_url(self.url)
         except ValueError as exc:
@@ -77,6 +79,14 @@ class BrokerOptions:
 
     def store_topic(self, store: str, rest: str) -> str:
         return f"{self.prefix}/stores/{store}/{rest}"
+
+
+def check_topic_id(option: str, value: str) -> str:
+    """A store id, group or prefix given on the command line, refused (exit 2) if it cannot be a topic level."""
+    problem = topic_id_problem(value)
+    if problem is not None:
+        raise HqError(f"{option}: {problem}", 2)
+    return value
 
 
 def envelope(name: str, data: dict[str, Any], command_id: str | None = None) -> dict[str, Any]:
@@ -162,6 +172,7 @@ async def push_prices(
     progress: bool = True,
 ) -> PushSummary:
     """Send a price file as `price.set` commands and wait for every `command_result`."""
+    check_topic_id("--store", store)
     items = read_price_csv(path, version=int(time.time() * 1000))
     commands = [envelope("price.set", {"items": chunk}) for chunk in chunks(items, chunk_size)]
     pending = {c["id"]: len(c["data"]["items"]) for c in commands}
@@ -178,7 +189,7 @@ async def push_prices(
         done_bar = bar.add_task("answered", total=len(items))
         async with broker.client() as client:
             await client.subscribe(broker.store_topic(store, "events/command_result"), qos=1)
-            topic = broker.store_topic(store, "commands/price.set")
+            topic = store_command_topic(broker.prefix, store, "price.set")
             for command in commands:
                 await client.publish(topic, json.dumps(command).encode(), qos=1)
                 bar.advance(sent_bar, len(command["data"]["items"]))
@@ -250,9 +261,9 @@ async def send_command(
         raise HqError("JSON: the command's data must be a JSON object", 2)
     command = envelope(name, data, command_id)
     if group is not None:
-        topic = f"{broker.prefix}/groups/{group}/commands/{name}"
+        topic = group_command_topic(broker.prefix, check_topic_id("--group", group), name)
     elif store is not None:
-        topic = broker.store_topic(store, f"commands/{name}")
+        topic = store_command_topic(broker.prefix, check_topic_id("--store", store), name)
     else:
         raise HqError("give --store ID or --group NAME", 2)
     async with broker.client() as client:
@@ -291,7 +302,7 @@ async def watch(
     out: TextIO = sys.stdout,
 ) -> int:
     """Print every event of `store` (or of every store with `*`) as one JSON line; return how many."""
-    store_filter = "+" if store == "*" else store
+    store_filter = "+" if store == "*" else check_topic_id("--store", store)
     seen = 0
     async with broker.client() as client:
         if kinds:

@@ -22,6 +22,7 @@ from gateway.pricing import PriceSet
 from gateway.printing.service import PrintCommand
 from gateway.shelves import ShelfSet
 from gateway.stock import StockAdjust, StockSet
+from gateway.topics import group_command_topic, store_command_topic
 
 Money = Annotated[str, Field(pattern=r"^-?\d+(\.\d+)?$", description='a decimal string such as "12.99"')]
 
@@ -218,8 +219,8 @@ def asyncapi() -> dict[str, Any]:
             },
         }
         for scope, address in (
-            ("store", "{prefix}/stores/{store}/commands/" + name),
-            ("group", "{prefix}/groups/{group}/commands/" + name),
+            ("store", store_command_topic("{prefix}", "{store}", name)),
+            ("group", group_command_topic("{prefix}", "{group}", name)),
         ):
             channel = f"{key}_{scope}"
             channels[channel] = {
@@ -278,7 +279,8 @@ def asyncapi() -> dict[str, Any]:
             "title": "store-gateway MQTT interface with head office",
             "version": __version__,
             "description": "See docs/mqtt-api.md. Money is a decimal string with an ISO 4217 currency; "
-            "times are RFC 3339 with an offset.",
+            "times are RFC 3339 with an offset. A command's type is written in its topic with each '.' as '/' "
+            "(price.set on .../commands/price/set); the gateway also accepts the dotted form.",
         },
         "defaultContentType": "application/json",
         "channels": channels,

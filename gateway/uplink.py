@@ -43,6 +43,7 @@ from gateway.commands import CommandResult
 from gateway.config import Config
 from gateway.db import StateDB, set_meta
 from gateway.timeutil import human_duration, rfc3339, utc_now
+from gateway.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -59,31 +60,6 @@ _SESSION_EXPIRY_S = 7 * 24 * 3600
 _PUBACK_TIMEOUT_S = 10.0
 # Commands received and queued for the writer before the oldest of them is committed and acknowledged.
 COMMANDS_AHEAD = 16
-
-
-@dataclass(frozen=True)
-class Topics:
-    """The topic names of contract.md §3 for one store."""
-
-    prefix: str
-    store: str
-    groups: tuple[str, ...]
-
-    @property
-    def state(self) -> str:
-        return f"{self.prefix}/stores/{self.store}/gateway/state"
-
-    def event(self, kind: str) -> str:
-        return f"{self.prefix}/stores/{self.store}/events/{kind}"
-
-    @property
-    def command_filters(self) -> list[str]:
-        own = f"{self.prefix}/stores/{self.store}/commands/#"
-        return [own] + [f"{self.prefix}/groups/{group}/commands/#" for group in self.groups]
-
-    @staticmethod
-    def command_name(topic: str) -> str:
-        return topic.rsplit("/commands/", 1)[-1]
 
 
 def tls_context(config: Config) -> ssl.SSLContext | None:

@@ -70,7 +70,7 @@ async def test_group_commands_and_commands_sent_while_offline(mosquitto: Mosquit
             await hq.wait_for(lambda s: s.get("state") == "online")
             group_id = "group-cmd-1"
             body = {"id": group_id, "type": "stock.adjust", "data": {"sku": "B1", "delta": 4, "reason": "receive"}}
-            await hq.send_raw("retail/groups/rhone/commands/stock.adjust", json.dumps(body).encode())
+            await hq.send_raw("retail/groups/rhone/commands/stock/adjust", json.dumps(body).encode())
             assert (await hq.result(group_id))["status"] == "applied"
         # gateway stopped: its persistent session keeps what head office sends now
         offline_id = await hq.send("stock.adjust", {"sku": "B1", "delta": 1, "reason": "receive"})
@@ -84,13 +84,39 @@ async def test_malformed_commands_never_stop_the_daemon(mosquitto: MosquittoBrok
     config_path = write_config(tmp_path, mosquitto, store="rt03")
     async with head_office(mosquitto, "rt03") as hq, running_gateway(config_path):
         await hq.wait_for(lambda s: s.get("state") == "online")
-        await hq.send_raw("retail/stores/rt03/commands/price.set", b"\x00\xff garbage")
-        await hq.send_raw("retail/stores/rt03/commands/price.set", b'{"id": "x1", "type": "price.set", "data": []}')
-        await hq.send_raw("retail/stores/rt03/commands/price.set", b"x" * (2 * 1024 * 1024))
+        await hq.send_raw("retail/stores/rt03/commands/price/set", b"\x00\xff garbage")
+        await hq.send_raw("retail/stores/rt03/commands/price/set", b'{"id": "x1", "type": "price.set", "data": []}')
+        await hq.send_raw("retail/stores/rt03/commands/price/set", b"x" * (2 * 1024 * 1024))
         rejected = await hq.count(lambda e: e["type"] == "command_result" and e["data"]["status"] == "rejected", 3)
         assert {e["data"]["errors"][0]["field"] for e in rejected} == {"(command)", "data"}
         ok = await hq.command("price.set", {"items": [{"sku": "A1", "price": "1.00", "currency": "EUR", "version": 1}]})
         assert ok["status"] == "applied"
+
+
+async def test_a_command_is_taken_on_its_slash_topic_and_on_the_dotted_one(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    config_path = write_config(tmp_path, mosquitto, store="tp01", groups=("sud",))
+    adjust = {"sku": "D1", "delta": 1, "reason": "receive"}
+    sent = [
+        ("retail/stores/tp01/commands/stock/adjust", "slash-1"),  # contract §3: "." written as "/"
+        ("retail/stores/tp01/commands/stock.adjust", "dotted-1"),  # the form earlier versions used
+        ("retail/groups/sud/commands/stock/adjust", "group-slash-1"),
+        ("retail/groups/sud/commands/stock.adjust", "group-dotted-1"),
+    ]
+    async with head_office(mosquitto, "tp01") as hq, running_gateway(config_path):
+        await hq.wait_for(lambda s: s.get("state") == "online")
+        for topic, command_id in sent:
+            body = {"id": command_id, "type": "stock.adjust", "data": adjust}
+            await hq.send_raw(topic, json.dumps(body).encode())
+            assert (await hq.result(command_id))["status"] == "applied", topic
+        # the type is still checked against the topic, read with "/" as "."
+        body = {"id": "mismatch-1", "type": "stock.adjust", "data": adjust}
+        await hq.send_raw("retail/stores/tp01/commands/stock/set", json.dumps(body).encode())
+        mismatch = await hq.result("mismatch-1")
+    assert mismatch["status"] == "rejected"
+    assert mismatch["errors"][0]["field"] == "type" and '"stock.set"' in mismatch["errors"][0]["message"]
+    assert read_db(tmp_path / "state.db", "SELECT on_hand FROM stock WHERE sku='D1'") == [(4,)]
 
 
 async def test_scheduled_price_applies_at_its_instant(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
@@ -367,7 +393,7 @@ async def test_mqtt5_response_topic_gets_the_result(mosquitto: MosquittoBroker, 
             props.CorrelationData = b"corr-77"
             body = {"id": "v5-cmd-1", "type": "stock.adjust", "data": {"sku": "V", "delta": 1, "reason": "receive"}}
             await client.publish(
-                "retail/stores/v5a/commands/stock.adjust", json.dumps(body).encode(), qos=1, properties=props
+                "retail/stores/v5a/commands/stock/adjust", json.dumps(body).encode(), qos=1, properties=props
             )
             async with asyncio.timeout(10):
                 async for message in client.messages:

@@ -23,6 +23,7 @@ import aiomqtt
 
 from gateway.config import Config, load_config
 from gateway.schema import validate_event
+from gateway.topics import store_command_topic
 from tests.peers.mosquitto import MosquittoBroker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,7 +94,7 @@ class HeadOffice:
 
     async def send(self, name: str, data: dict[str, Any], command_id: str | None = None) -> str:
         command = envelope(name, data, command_id)
-        await self.send_raw(f"{self.prefix}/stores/{self.store}/commands/{name}", json.dumps(command).encode())
+        await self.send_raw(store_command_topic(self.prefix, self.store, name), json.dumps(command).encode())
         return str(command["id"])
 
     async def send_raw(self, topic: str, payload: bytes) -> None:

@@ -88,6 +88,45 @@ BAD = [
     ("TOML syntax error", ("[state]", "[state"), "(file): not valid TOML"),
     ("missing store id", ('id = "0042"', ""), "store.id: required key is missing"),
     ("capacity not a number", ("capacity = 12", 'capacity = "twelve"'), "shelves[0].capacity:"),
+    # ids that end up in MQTT topics (contract §3): no ".", space, "+", "#" or "/"
+    ("store id with a dot", ('id = "0042"', 'id = "00.42"'), 'store.id: "00.42" contains a dot'),
+    (
+        "group with a dot",
+        ('timezone = "Europe/Paris"', 'timezone = "Europe/Paris"\ngroups = ["fr", "fr.sud"]'),
+        'store.groups[1]: "fr.sud" contains a dot; ids that end up in MQTT topics may not contain',
+    ),
+    (
+        "group with a space",
+        ('timezone = "Europe/Paris"', 'timezone = "Europe/Paris"\ngroups = ["rhone alpes"]'),
+        'store.groups[0]: "rhone alpes" contains a space',
+    ),
+    (
+        "group with a wildcard",
+        ('timezone = "Europe/Paris"', 'timezone = "Europe/Paris"\ngroups = ["fr/#"]'),
+        'store.groups[0]: "fr/#" contains a #',
+    ),
+    (
+        "group with a plus",
+        ('timezone = "Europe/Paris"', 'timezone = "Europe/Paris"\ngroups = ["a+b"]'),
+        'store.groups[0]: "a+b" contains a +',
+    ),
+    (
+        "prefix with a slash",
+        ('url = "mqtt://127.0.0.1:1883"', 'url = "mqtt://127.0.0.1:1883"\ntopic_prefix = "acme/retail"'),
+        'uplink.topic_prefix: "acme/retail" contains a /',
+    ),
+    (
+        "prefix with a dot",
+        ('url = "mqtt://127.0.0.1:1883"', 'url = "mqtt://127.0.0.1:1883"\ntopic_prefix = "acme.retail"'),
+        'uplink.topic_prefix: "acme.retail" contains a dot',
+    ),
+    ("device id with a dot", ('id = "till-1"', 'id = "till.1"'), 'printers[0].id: "till.1" contains a dot'),
+    ("sensor id with a space", ('id = "shelf-a1"', 'id = "shelf a1"'), 'sensors[0].id: "shelf a1" contains a space'),
+    (
+        "device id with another character",
+        ('id = "scan-1"', 'id = "scan:1"'),
+        'scanners[0].id: "scan:1" may hold only letters, digits, "_" and "-"',
+    ),
 ]
 
 
