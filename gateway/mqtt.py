@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -165,7 +166,7 @@ class MqttConnection:
         except TimeoutError:
             raise LinkError(f"no answer from {self.host}:{self.port} (timed out)") from None
         except ssl.SSLError as exc:
-            raise LinkError(f"TLS refused: {exc.reason or exc}") from None
+            raise LinkError(f"TLS refused: {_ssl_error(exc)}") from None
         except OSError as exc:
             raise LinkError(_socket_error(exc)) from None
         try:
@@ -408,8 +409,14 @@ class MqttConnection:
 
     async def _misc_loop(self) -> None:
         """Keepalive: paho sends PINGREQ and notices a missing PINGRESP (1.5 x keepalive) here."""
-        while self._client.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS:
+        while self._client.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS:  # noqa: ASYNC110 (a timer, not a wait)
             await asyncio.sleep(1)
+
+
+def _ssl_error(exc: ssl.SSLError) -> str:
+    """`certificate verify failed: unable to get local issuer certificate`, without `[SSL: ...]` and `(_ssl.c:...)`."""
+    text = re.sub(r"^\[[^\]]*\]\s*|\s*\(_ssl\.c:\d+\)$", "", str(exc))
+    return text or str(exc.reason)
 
 
 def _socket_error(exc: OSError) -> str:

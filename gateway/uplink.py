@@ -1,16 +1,17 @@
 """The MQTT link to head office: retained state with a last will, commands in, the outbox out.
 
-One aiomqtt client per connection attempt (a fresh object, so no message left queued inside paho
-by a dead connection is sent a second time behind our back). The broker keeps our session
-(clean session off, fixed client id), so commands sent while the store was offline arrive when it
-returns. Commands are acknowledged (PUBACK) only after their effects are committed.
+One `MqttConnection` (gateway/mqtt.py, our adapter over paho's public API) per connection attempt:
+a fresh object, so no message left queued inside paho by a dead connection is sent a second time
+behind our back. The broker keeps our session (clean session off, fixed client id), so commands
+sent while the store was offline arrive when it returns. Commands are acknowledged (PUBACK) only
+after their effects are committed.
 
 The outbox publisher keeps a window of QoS 1 publishes in flight, in seq order, and deletes a row
 only when its PUBACK arrived. After a reconnect it starts again from the oldest row not deleted:
 an event whose PUBACK was lost with the connection is sent again with the same id
-(at-least-once; head office drops duplicates by id). Events go out through paho's own publish()
-and are matched to their PUBACK by message id (`OutboxWindow`): one aiomqtt publish() per event
-costs a task, an event and a timer, which was most of the event loop's time at 5,000 events/s.
+(at-least-once; head office drops duplicates by id). Events are sent without a future each and
+matched to their PUBACK by message id (`OutboxWindow`): a future, a task and a timer per event was
+most of the event loop's time at 5,000 events/s.
 """
 
 from __future__ import annotations
@@ -29,11 +30,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import aiomqtt
-from aiomqtt.exceptions import MqttConnectError
-from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
-from paho.mqtt.client import Client as PahoClient
-from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -42,6 +38,7 @@ from gateway import outbox
 from gateway.commands import CommandResult
 from gateway.config import Config
 from gateway.db import StateDB, set_meta
+from gateway.mqtt import LinkError, Message, MqttConnection, Will
 from gateway.timeutil import human_duration, rfc3339, utc_now
 from gateway.topics import Topics
 
@@ -49,14 +46,14 @@ log = logging.getLogger(__name__)
 
 CommandHandler = Callable[[bytes, str], Awaitable[CommandResult]]
 # Commands taken from the broker, in arrival order, each with the task applying it (None: not recorded).
-Applying = asyncio.Queue[tuple[aiomqtt.Message, "asyncio.Task[CommandResult | None]"]]
+Applying = asyncio.Queue[tuple[Message, "asyncio.Task[CommandResult | None]"]]
 
 _BACKOFF_START_S = 0.5
 _BACKOFF_CAP_S = 30.0
 # A connection that lasts this long ends an outage (and resets the backoff).
 _STABLE_S = 10.0
 _SESSION_EXPIRY_S = 7 * 24 * 3600
-# An event without its PUBACK for this long ends the connection (aiomqtt's own publish timeout).
+# An event without its PUBACK for this long ends the connection.
 _PUBACK_TIMEOUT_S = 10.0
 # Commands received and queued for the writer before the oldest of them is committed and acknowledged.
 COMMANDS_AHEAD = 16
@@ -81,12 +78,13 @@ class LinkFailure:
     text: str
 
 
+# CONNACK refusals (MQTT 5 reason codes; paho gives 3.1.1's return codes as the same reasons)
 _CONNACK_WORDS = {
-    1: "the broker refused the connection: it does not speak this MQTT version (uplink.protocol)",
-    2: "the broker refused the client id (uplink.client_id)",
-    3: "the broker refused the connection: server unavailable",
-    4: "the broker refused the user name or password (uplink.username, uplink.password_file)",
-    5: "the broker refused the connection: not authorised (check the store's user and ACL)",
+    132: "the broker refused the connection: it does not speak this MQTT version (uplink.protocol)",
+    133: "the broker refused the client id (uplink.client_id)",
+    134: "the broker refused the user name or password (uplink.username, uplink.password_file)",
+    135: "the broker refused the connection: not authorised (check the store's user and ACL)",
+    136: "the broker refused the connection: server unavailable",
 }
 
 
@@ -98,42 +96,34 @@ def _innermost(error: BaseException) -> BaseException:
 
 
 def describe_failure(error: BaseException, client_id: str, keepalive_s: int) -> LinkFailure:
-    """What broke the link, from aiomqtt's exception (which wraps paho's codes and socket errors)."""
+    """What broke the link, from the adapter's `LinkError` (the broker's reason code or the socket's error)."""
     error = _innermost(error)
-    cause = error.__cause__
-    if isinstance(cause, aiomqtt.MqttCodeError) and not isinstance(error, aiomqtt.MqttCodeError):
-        error = cause  # "Disconnected during message iteration" from "Unexpected disconnection"
-    if isinstance(error, aiomqtt.MqttCodeError):
-        rc = error.rc
-        if isinstance(rc, ReasonCode):  # MQTT 5: the broker says why
-            if rc.value == 142:
-                return LinkFailure(
-                    "taken_over",
-                    f'another client connected with our client id "{client_id}" and the broker closed this '
-                    "connection (session taken over); only one connection per client id is allowed",
-                )
-            if rc.value == 141:
-                return LinkFailure("keepalive", f"the broker heard nothing from us within the keepalive ({rc})")
-            if rc.value == 128:  # what paho says for a connection closed without a DISCONNECT packet
-                return LinkFailure("closed", "the connection was closed by the broker or the network")
-            if rc.value in (134, 135):
-                return LinkFailure("auth", f"the broker refused the connection: {rc} (check the store's credentials)")
-            return LinkFailure("closed", f"the broker closed the connection: {rc}")
-        if isinstance(error, MqttConnectError) and isinstance(rc, int):
-            return LinkFailure("auth" if rc in (4, 5) else "refused", _CONNACK_WORDS.get(rc, str(error)))
-        if rc == MQTTErrorCode.MQTT_ERR_KEEPALIVE:
+    reason = getattr(error, "reason", None)
+    if isinstance(reason, ReasonCode):
+        code = reason.value
+        if reason.packetType == PacketTypes.CONNACK:
+            return LinkFailure("auth" if code in (134, 135) else "refused", _CONNACK_WORDS.get(code, str(error)))
+        if code == 142:
+            return LinkFailure(
+                "taken_over",
+                f'another client connected with our client id "{client_id}" and the broker closed this '
+                "connection (session taken over); only one connection per client id is allowed",
+            )
+        if code == 141:
             return LinkFailure("keepalive", f"no answer from the broker within the keepalive ({keepalive_s} s)")
-        if rc == MQTTErrorCode.MQTT_ERR_CONN_LOST:
+        if code in (134, 135):
+            return LinkFailure("auth", f"the broker refused the connection: {reason} (check the store's credentials)")
+        if code == 128 and reason.packetType == PacketTypes.DISCONNECT:  # 3.1.1: the socket closed, no reason
             return LinkFailure("closed", "the connection was closed by the broker or the network")
-        return LinkFailure("other", str(error))
+        return LinkFailure("closed", f"the broker closed the connection: {reason}")
     text = str(error)
     lowered = text.lower()
-    if "errno 111" in lowered or "connection refused" in lowered:
+    if "connection refused" in lowered:
         return LinkFailure("refused", "connection refused (no broker listening there?)")
-    if "name or service not known" in lowered or "name resolution" in lowered or "nodename nor servname" in lowered:
+    if "name not resolved" in lowered:
         return LinkFailure("dns", "the host name could not be resolved (DNS)")
-    if "ssl" in lowered or "certificate" in lowered or "tls" in lowered:
-        return LinkFailure("tls", f"TLS refused: {text} (check uplink.ca_file, cert_file and key_file)")
+    if "tls" in lowered or "ssl" in lowered or "certificate" in lowered:
+        return LinkFailure("tls", f"{text} (check uplink.ca_file, cert_file and key_file)")
     if "timed out" in lowered:
         return LinkFailure("timeout", "no answer from the broker (timed out)")
     if "puback" in lowered:
@@ -148,27 +138,24 @@ def _pending(conn: sqlite3.Connection, *, after: int, room: int) -> list[outbox.
 
 
 class OutboxWindow:
-    """The outbox events in flight on one connection, published by paho and matched to PUBACKs by mid.
+    """The outbox events in flight on one connection, matched to their PUBACKs by message id.
 
-    paho runs on the event loop's thread under aiomqtt (its socket callbacks), so a PUBACK is always
-    read after the publish() that sent it has returned and recorded the mid.
+    The adapter reads the socket on the event loop's thread, so a PUBACK is always handled after the
+    `publish_nowait()` that sent it has returned and recorded the mid.
     """
 
-    def __init__(self, client: aiomqtt.Client, progress: asyncio.Event, refill_at: int) -> None:
-        self._paho: PahoClient = client._client
+    def __init__(self, link: MqttConnection, progress: asyncio.Event, refill_at: int) -> None:
+        self._link = link
         self._progress = progress
         self._refill_at = refill_at
         self.in_flight: dict[int, tuple[int, float]] = {}  # mid -> (seq, monotonic time sent), oldest first
         self.acked: list[int] = []
         self.refused: list[tuple[int, str]] = []
-        self._aiomqtt_on_publish = client._on_publish  # still completes aiomqtt's own publishes
-        self._paho.on_publish = self._on_publish
+        link.on_puback = self._on_puback
 
     def publish(self, topic: str, payload: bytes, seq: int) -> None:
-        info = self._paho.publish(topic, payload, qos=1)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
-        self.in_flight[info.mid] = (seq, time.monotonic())
+        mid = self._link.publish_nowait(topic, payload, qos=1)
+        self.in_flight[mid] = (seq, time.monotonic())
 
     def oldest_wait_s(self) -> float:
         """How long the oldest event in flight has waited for its PUBACK (0 when none is)."""
@@ -177,14 +164,11 @@ class OutboxWindow:
         return 0.0
 
     def close(self) -> None:
-        self._paho.on_publish = self._aiomqtt_on_publish
+        self._link.on_puback = None
 
-    def _on_publish(
-        self, client: PahoClient, userdata: Any, mid: int, reason: ReasonCode, properties: Properties
-    ) -> None:
+    def _on_puback(self, mid: int, reason: ReasonCode) -> None:
         sent = self.in_flight.pop(mid, None)
         if sent is None:
-            self._aiomqtt_on_publish(client, userdata, mid, reason, properties)
             return
         if reason.is_failure:  # MQTT 5 only: the broker took the packet but not the event
             self.refused.append((sent[0], str(reason)))
@@ -237,33 +221,23 @@ class Uplink:
     def _state_payload(self, state: str) -> bytes:
         return json.dumps({"state": state, **self._state_doc}).encode()
 
-    def _client(self) -> aiomqtt.Client:
+    def _link(self) -> MqttConnection:
         uplink = self.config.uplink
         broker = uplink.broker
-        v5 = uplink.protocol == "5"
-        connect_properties = None
-        if v5:
-            connect_properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            connect_properties.SessionExpiryInterval = _SESSION_EXPIRY_S
-        client = aiomqtt.Client(
+        return MqttConnection(
             broker.host,
             broker.port,
-            identifier=self.config.client_id,
+            client_id=self.config.client_id,
+            protocol="5" if uplink.protocol == "5" else "3.1.1",
+            persistent_session=True,
+            session_expiry_s=_SESSION_EXPIRY_S,
+            keepalive_s=uplink.keepalive_s,
             username=uplink.username,
             password=uplink.password(),
-            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-            clean_session=None if v5 else False,
-            clean_start=False if v5 else MQTT_CLEAN_START_FIRST_ONLY,  # clean_start is ignored on 3.1.1
-            properties=connect_properties,
-            will=aiomqtt.Will(self.topics.state, self._state_payload("offline"), qos=1, retain=True),
-            keepalive=uplink.keepalive_s,
-            timeout=10,
-            tls_context=tls_context(self.config),
-            max_inflight_messages=0,  # no limit in paho (it scans its queue on every PUBACK); our window bounds it
+            tls=tls_context(self.config),
+            will=Will(self.topics.state, self._state_payload("offline"), qos=1, retain=True),
+            manual_ack=True,  # PUBACK a command only once its effects are committed
         )
-        # PUBACK a command only once its effects are committed (paho's manual ack).
-        client._client.manual_ack_set(True)
-        return client
 
     async def run(self) -> None:
         """Connect, serve, reconnect with capped jittered backoff; return after `stop()`.
@@ -274,19 +248,19 @@ class Uplink:
         """
         loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
-            client = self._client()
+            link = self._link()
             connected_at: float | None = None
             stable: asyncio.TimerHandle | None = None
             try:
-                async with client:
+                async with link:
                     connected_at = loop.time()
                     if self._outage is None:
                         log.info("uplink: connected to %s", self.config.uplink.url)
                     else:
                         log.debug("uplink: connected to %s; watching that it stays up", self._where)
                     stable = loop.call_later(_STABLE_S, self._recovered)
-                    await self._serve(client)
-            except* aiomqtt.MqttError as group:
+                    await self._serve(link)
+            except* LinkError as group:
                 lived = None if connected_at is None else loop.time() - connected_at
                 self._set_state("offline")
                 self._failed(describe_failure(group, self.config.client_id, self.config.uplink.keepalive_s), lived)
@@ -403,21 +377,21 @@ class Uplink:
         self._deletes.add(task)
         task.add_done_callback(self._deletes.discard)
 
-    async def _serve(self, client: aiomqtt.Client) -> None:
+    async def _serve(self, link: MqttConnection) -> None:
         # subscribe first: "online" tells head office that commands sent from now on are taken
         for topic_filter in self.topics.command_filters:
-            await client.subscribe(topic_filter, qos=1)
-        await client.publish(self.topics.state, self._state_payload("online"), qos=1, retain=True)
+            await link.subscribe(topic_filter, qos=1)
+        await link.publish(self.topics.state, self._state_payload("online"), qos=1, retain=True)
         log.debug("uplink: subscribed to %s; published online", ", ".join(self.topics.command_filters))
         self._set_state("online")
         async with asyncio.TaskGroup() as group:
-            group.create_task(self._receive(client), name="uplink-commands")
-            group.create_task(self._publish_outbox(client), name="uplink-outbox")
-        with contextlib.suppress(aiomqtt.MqttError):
-            await client.publish(self.topics.state, self._state_payload("offline"), qos=1, retain=True, timeout=2)
+            group.create_task(self._receive(link), name="uplink-commands")
+            group.create_task(self._publish_outbox(link), name="uplink-outbox")
+        with contextlib.suppress(LinkError):
+            await link.publish(self.topics.state, self._state_payload("offline"), qos=1, retain=True, timeout_s=2)
         log.info("uplink: offline state published, disconnecting")
 
-    async def _receive(self, client: aiomqtt.Client) -> None:
+    async def _receive(self, link: MqttConnection) -> None:
         """Hand commands to the state database as they arrive; acknowledge each once it is committed.
 
         Up to `COMMANDS_AHEAD` commands wait in the writer's queue at once, so one commit (one fsync
@@ -428,8 +402,8 @@ class Uplink:
         applying: Applying = asyncio.Queue()
         room = asyncio.Semaphore(COMMANDS_AHEAD)
         async with asyncio.TaskGroup() as group:
-            acks = group.create_task(self._acknowledge(client, applying, room), name="uplink-acks")
-            reader = group.create_task(self._take_commands(client, applying, room, group), name="uplink-commands-in")
+            acks = group.create_task(self._acknowledge(link, applying, room), name="uplink-acks")
+            reader = group.create_task(self._take_commands(link, applying, room, group), name="uplink-commands-in")
             await self._stopping.wait()
             reader.cancel()
             with contextlib.suppress(TimeoutError):
@@ -437,13 +411,12 @@ class Uplink:
             acks.cancel()
 
     async def _take_commands(
-        self, client: aiomqtt.Client, applying: Applying, room: asyncio.Semaphore, group: asyncio.TaskGroup
+        self, link: MqttConnection, applying: Applying, room: asyncio.Semaphore, group: asyncio.TaskGroup
     ) -> None:
-        async for message in client.messages:
+        async for message in link.messages():
             await room.acquire()  # a stop while waiting here leaves this command with the broker, untouched
-            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
             # a task starts in creation order, and its first step queues the write: arrival order holds
-            task = group.create_task(self._apply(payload, str(message.topic)), name="uplink-command")
+            task = group.create_task(self._apply(message.payload, message.topic), name="uplink-command")
             applying.put_nowait((message, task))
 
     async def _apply(self, payload: bytes, topic: str) -> CommandResult | None:
@@ -454,19 +427,19 @@ class Uplink:
             log.exception("uplink: command on %s could not be recorded", topic)
             return None
 
-    async def _acknowledge(self, client: aiomqtt.Client, applying: Applying, room: asyncio.Semaphore) -> None:
+    async def _acknowledge(self, link: MqttConnection, applying: Applying, room: asyncio.Semaphore) -> None:
         while True:
             message, task = await applying.get()
             try:
                 result = await task
                 if result is not None:
-                    client._client.ack(message.mid, message.qos)
-                    await self._respond(client, message, result)
+                    link.ack(message)
+                    await self._respond(link, message, result)
             finally:
                 applying.task_done()
                 room.release()
 
-    async def _respond(self, client: aiomqtt.Client, message: aiomqtt.Message, result: CommandResult) -> None:
+    async def _respond(self, link: MqttConnection, message: Message, result: CommandResult) -> None:
         """MQTT 5 request/response: echo the result to the command's response topic, if it has one."""
         props = message.properties
         response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
@@ -478,17 +451,17 @@ class Uplink:
             reply.CorrelationData = correlation
         body = outbox.dumps(result.as_json()).encode()
         try:
-            await client.publish(response_topic, body, qos=1, properties=reply)
-        except aiomqtt.MqttError as exc:
+            await link.publish(response_topic, body, qos=1, properties=reply)
+        except LinkError as exc:
             log.warning("uplink: reply to %s not sent: %s", response_topic, exc)
 
-    async def _publish_outbox(self, client: aiomqtt.Client) -> None:
+    async def _publish_outbox(self, link: MqttConnection) -> None:
         """Keep up to `window` QoS 1 publishes in flight, in seq order; forget each row after its PUBACK."""
         if self._deletes:
             await asyncio.gather(*list(self._deletes), return_exceptions=True)
         progress = self._wake  # set by every commit (new events) and by PUBACKs (room in the window)
         refill_at = max(1, self.window // 2)  # fetch rows in batches, not one per PUBACK
-        window = OutboxWindow(client, progress, refill_at)
+        window = OutboxWindow(link, progress, refill_at)
         cursor = 0
         try:
             while True:
@@ -534,7 +507,7 @@ class Uplink:
                         )
                         return
                     if window.oldest_wait_s() >= _PUBACK_TIMEOUT_S:
-                        raise aiomqtt.MqttError(f"no PUBACK for {_PUBACK_TIMEOUT_S:.0f} s") from None
+                        raise LinkError(f"no PUBACK for {_PUBACK_TIMEOUT_S:.0f} s") from None
         finally:
             window.close()
 

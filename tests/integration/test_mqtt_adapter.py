@@ -68,7 +68,7 @@ async def test_a_frozen_broker_is_noticed_at_about_one_and_a_half_keepalives(
         broker.freeze()
         started = time.monotonic()
         try:
-            with pytest.raises(LinkError, match="(?i)keep ?alive"):
+            with pytest.raises(LinkError, match=r"(?i)keep ?alive"):
                 await asyncio.wait_for(anext(gateway.messages()), 10)
         finally:
             broker.thaw()
@@ -100,14 +100,12 @@ async def test_failures_say_what_happened(mosquitto_factory: Callable[..., Mosqu
             pass
     tls = mosquitto_factory(tls=True)
     wrong_ca = ssl.create_default_context()  # the system's CAs do not know the test CA
-    with pytest.raises(LinkError, match="TLS refused"):
+    with pytest.raises(LinkError, match="TLS refused: certificate verify failed"):
         async with MqttConnection("127.0.0.1", tls.port, client_id="nobody", tls=wrong_ca):
             pass
     secured = mosquitto_factory(users={"store-1": "right"})
     with pytest.raises(LinkError, match="refused the connection"):
-        async with MqttConnection(
-            "127.0.0.1", secured.port, client_id="nobody", username="store-1", password="wrong"
-        ):
+        async with MqttConnection("127.0.0.1", secured.port, client_id="nobody", username="store-1", password="wrong"):
             pass
 
 
