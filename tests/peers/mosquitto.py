@@ -8,6 +8,7 @@ password file and an ACL.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -57,6 +58,7 @@ class MosquittoBroker:
     tls: TlsFiles | None = None
     users: dict[str, str] | None = None
     acl: str | None = None
+    config_text: str | None = None  # a whole config of one's own (listeners, TLS, ACL) instead of the generated one
     process: subprocess.Popen[bytes] | None = None
 
     host = "127.0.0.1"
@@ -74,6 +76,10 @@ class MosquittoBroker:
     def _write_config(self) -> Path:
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
+        if self.config_text is not None:
+            conf = self.workdir / "mosquitto.conf"
+            conf.write_text(self.config_text)
+            return conf
         lines = [
             f"listener {self.port} 127.0.0.1",
             "persistence true",
@@ -193,3 +199,92 @@ def make_tls_files(directory: Path) -> TlsFiles:
 def require_mosquitto() -> None:
     if shutil.which("mosquitto") is None:
         raise RuntimeError("mosquitto is not installed: apt-get install -y mosquitto (see .ci/run)")
+
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED_CONF_DIR = "/etc/mosquitto/store-gateway/"
+
+
+@dataclass
+class SecureBroker:
+    """mosquitto running the shipped head-office setup (config/mosquitto/) unchanged but for ports and paths.
+
+    The drop-in `store-gateway.conf` is used as Debian's mosquitto.conf includes it (after that file's
+    persistence and log lines); its two listeners move to free ports on 127.0.0.1 and its files to
+    the test's directory. Certificates come from three trustme CAs: one for the broker, one for
+    stores, one for head office. `as_store()` / `as_head_office()` give the MosquittoBroker view a
+    client of that identity uses (`write_config`, `head_office`).
+    """
+
+    workdir: Path
+    broker: MosquittoBroker
+    hq_port: int
+    server_ca: Path
+    _stores_ca: trustme.CA
+    _hq_ca: trustme.CA
+
+    @classmethod
+    def start(cls, workdir: Path) -> SecureBroker:
+        files = workdir / "etc"
+        files.mkdir(parents=True, exist_ok=True)
+        server_ca, stores_ca, hq_ca = trustme.CA(), trustme.CA(), trustme.CA()
+        server = server_ca.issue_cert("127.0.0.1", "localhost")
+        server_ca.cert_pem.write_to_path(str(files / "server-ca.pem"))
+        server.cert_chain_pems[0].write_to_path(str(files / "broker.pem"))
+        server.private_key_pem.write_to_path(str(files / "broker.key"))
+        stores_ca.cert_pem.write_to_path(str(files / "stores-ca.pem"))
+        hq_ca.cert_pem.write_to_path(str(files / "head-office-ca.pem"))
+        shipped = REPO / "config" / "mosquitto"
+        for acl in ("stores.acl", "head-office.acl"):
+            (files / acl).write_text((shipped / acl).read_text())
+        store_port, hq_port = free_port(), free_port()
+        text = (shipped / "store-gateway.conf").read_text().replace(SHIPPED_CONF_DIR, f"{files}/")
+        text = re.sub(r"(?m)^listener 8883$", f"listener {store_port} 127.0.0.1", text)
+        text = re.sub(r"(?m)^listener 8884$", f"listener {hq_port} 127.0.0.1", text)
+        if f"listener {store_port} " not in text or f"listener {hq_port} " not in text:
+            raise RuntimeError("config/mosquitto/store-gateway.conf no longer has listeners 8883 and 8884")
+        data = workdir / "data"
+        data.mkdir(exist_ok=True)
+        main = [  # what Debian's /etc/mosquitto/mosquitto.conf says before its include_dir
+            "persistence true",
+            f"persistence_location {data}/",
+            "autosave_interval 1",
+            f"log_dest file {workdir / 'mosquitto.log'}",
+            "log_type all",
+            "connection_messages true",
+        ]
+        if os.geteuid() == 0:
+            main.append("user root")
+        broker = MosquittoBroker(workdir, port=store_port, config_text="\n".join(main) + "\n" + text)
+        broker.start()
+        _wait_for_port(hq_port)
+        return cls(workdir, broker, hq_port, files / "server-ca.pem", stores_ca, hq_ca)
+
+    def _identity(self, ca: trustme.CA, common_name: str) -> TlsFiles:
+        directory = self.workdir / "clients" / common_name
+        directory.mkdir(parents=True, exist_ok=True)
+        cert = ca.issue_cert(f"{common_name.replace('.', '-')}.clients.test", common_name=common_name)
+        cert.cert_chain_pems[0].write_to_path(str(directory / "client.pem"))
+        cert.private_key_pem.write_to_path(str(directory / "client.key"))
+        return TlsFiles(
+            ca=self.server_ca,
+            server_cert=self.workdir / "etc" / "broker.pem",
+            server_key=self.workdir / "etc" / "broker.key",
+            client_cert=directory / "client.pem",
+            client_key=directory / "client.key",
+        )
+
+    def as_store(self, store_id: str) -> MosquittoBroker:
+        """The stores' listener, seen by a client holding the certificate of store `store_id` (CN = store id)."""
+        return MosquittoBroker(self.workdir, port=self.broker.port, tls=self._identity(self._stores_ca, store_id))
+
+    def as_head_office(self, identity: str = "hq.ops") -> MosquittoBroker:
+        """Head office's listener, seen by a client holding the certificate `identity`."""
+        return MosquittoBroker(self.workdir, port=self.hq_port, tls=self._identity(self._hq_ca, identity))
+
+    @property
+    def log(self) -> str:
+        return self.broker.log
+
+    def stop(self) -> None:
+        self.broker.kill()
