@@ -203,7 +203,7 @@ class MqttSource:
         try:
             await asyncio.to_thread(client.connect, self.host, self.port, 30)
         except OSError as exc:
-            raise ConnectionError(f"{self.options.url}: {exc}") from None
+            raise ConnectionError(f"broker {self.options.url}: {exc}") from None
         self._client = client
         client.loop_start()
         try:
@@ -211,10 +211,10 @@ class MqttSource:
                 await self._connected.wait()
         except TimeoutError:
             await self.close()
-            raise ConnectionError(f"{self.options.url}: no CONNACK within 30 s") from None
+            raise ConnectionError(f"broker {self.options.url}: no CONNACK within 30 s") from None
         if self._failure:
             await self.close()
-            raise ConnectionError(f"{self.options.url}: {self._failure}")
+            raise ConnectionError(f"broker {self.options.url}: {self._failure}")
 
     def _fail(self, message: str) -> None:
         self._failure = message
@@ -280,7 +280,7 @@ class AmqpSource:
                 client_properties={"connection_name": self.options.client_id or "hq-ingest"},
             )
         except (OSError, aio_pika.exceptions.AMQPError) as exc:
-            raise ConnectionError(f"{_hide_password(self.options.url)}: {exc}") from None
+            raise ConnectionError(f"broker {_hide_password(self.options.url)}: {exc}") from None
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=max(2 * self.options.batch, 10))
         queue = await channel.declare_queue(self.queue_name, durable=True, arguments={"x-queue-type": "quorum"})
@@ -316,11 +316,12 @@ class AmqpSource:
     async def backlog(self) -> int | None:
         if self._channel is None:
             return None
-        try:
-            queue = await self._channel.declare_queue(self.queue_name, passive=True)
-        except Exception:
+        try:  # declaring again (same arguments) is how AMQP tells how many messages are ready
+            result = await self._amqp_queue.declare()
+        except Exception as exc:
+            log.debug("queue declare for the backlog failed: %s", exc)
             return None
-        return queue.declaration_result.message_count
+        return int(result.message_count or 0)
 
 
 def _hide_password(url: str) -> str:
@@ -366,7 +367,7 @@ class NatsSource:
                 reconnected_cb=self._on_reconnect,
             )
         except (OSError, nats.errors.Error) as exc:
-            raise ConnectionError(f"{parts.scheme}://{parts.hostname}:{parts.port}: {exc!r}") from None
+            raise ConnectionError(f"broker {parts.scheme}://{parts.hostname}:{parts.port}: {exc!r}") from None
         js = self._nc.jetstream(timeout=10)
         try:
             info = await js.stream_info(NATS_STREAM)
@@ -414,7 +415,8 @@ class NatsSource:
         log.warning("NATS: %s", exc)
 
     async def _on_disconnect(self) -> None:
-        log.warning("NATS connection lost; reconnecting")
+        if self._nc is not None:  # not our own close
+            log.warning("NATS connection lost; reconnecting")
 
     async def _on_reconnect(self) -> None:
         log.warning("NATS connection back")
@@ -422,8 +424,8 @@ class NatsSource:
     async def close(self) -> None:
         if self._nc is not None:
             nc, self._nc = self._nc, None
-            with contextlib.suppress(Exception):
-                await nc.drain()
+            with contextlib.suppress(Exception):  # every ack was flushed; nothing is left to drain
+                await nc.close()
 
     async def take(self, max_messages: int, wait_s: float, linger_s: float) -> list[Delivery]:
         import nats.errors

@@ -65,7 +65,8 @@ class Ingest:
         self._interval_written = 0
         self._interval_lag: float | None = None
 
-    async def connect_db(self) -> None:
+    async def connect_db(self, *, first: bool = False) -> None:
+        """Connect and migrate. The first time a failure is an error (exit 1); later it is retried with backoff."""
         import psycopg
 
         delay = 0.5
@@ -76,12 +77,13 @@ class Ingest:
                 await prepare(self._conn)
                 return
             except psycopg.OperationalError as exc:
-                if self._conn is None and self.totals.batches == 0 and delay == 0.5:
-                    log.warning("PostgreSQL: %s; retrying", str(exc).strip())
+                reason = " ".join(str(exc).split())
+                if first:
+                    raise ConnectionError(f"PostgreSQL: {reason}") from None
+                if delay == 0.5:
+                    log.warning("PostgreSQL: %s; retrying", reason)
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 15)
-                if self.stop.is_set():
-                    raise
 
     async def write(self, deliveries: list[Delivery]) -> BatchResult:
         """Commit one batch; on a lost connection reconnect and write it again."""
@@ -228,7 +230,7 @@ async def ingest(source_options: SourceOptions, options: IngestOptions, err: Tex
         loop.add_signal_handler(signum, worker.stop.set)
     started = time.monotonic()
     try:
-        await worker.connect_db()
+        await worker.connect_db(first=True)
         await source.open()
         print(f"ingest: consuming {_describe(source)} into PostgreSQL", file=err, flush=True)
         return await worker.run()
