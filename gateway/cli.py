@@ -11,11 +11,14 @@ import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from gateway import __version__
 from gateway.config import Config, ConfigError, load_config, summary
+
+if TYPE_CHECKING:
+    from gateway.fleet import GroupReport
 
 
 def _load(path: Path) -> Config:
@@ -129,10 +132,32 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(f"hq ingest: {exc}", file=sys.stderr)
         return 2
     except ConnectionError as exc:
-        print(f"hq ingest: broker {exc}", file=sys.stderr)
+        print(f"hq ingest: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
+
+
+async def _push_prices_to_group(args: argparse.Namespace, broker: object) -> GroupReport:
+    from gateway import hq
+
+    assert isinstance(broker, hq.BrokerOptions)
+    stores = await hq.resolve_stores(args.stores, args.db)
+    return await hq.push_prices_to_group(
+        broker, args.group, args.file, stores, chunk_size=args.chunk, db=args.db, timeout_s=args.timeout,
+        progress=not args.quiet,
+    )  # fmt: skip
+
+
+async def _command_to_group(args: argparse.Namespace, broker: object) -> GroupReport:
+    from gateway import hq
+
+    assert isinstance(broker, hq.BrokerOptions)
+    stores = await hq.resolve_stores(args.stores, args.db)
+    return await hq.command_to_group(
+        broker, args.group, args.name, args.json, stores, command_id=args.id, db=args.db, timeout_s=args.timeout,
+        progress=not args.quiet,
+    )  # fmt: skip
 
 
 def cmd_hq(args: argparse.Namespace) -> int:
@@ -140,12 +165,15 @@ def cmd_hq(args: argparse.Namespace) -> int:
         return cmd_ingest(args)
     import aiomqtt
 
-    from gateway import hq
+    from gateway import fleet, hq
 
     broker = _broker(args)
     assert isinstance(broker, hq.BrokerOptions)
     try:
         if args.hq_command == "push-prices":
+            if args.group is not None:
+                report = asyncio.run(_push_prices_to_group(args, broker))
+                return 0 if report.ok else 1
             result = asyncio.run(
                 hq.push_prices(
                     broker,
@@ -154,10 +182,14 @@ def cmd_hq(args: argparse.Namespace) -> int:
                     chunk_size=args.chunk,
                     timeout_s=args.timeout,
                     progress=not args.quiet,
+                    db=args.db,
                 )
             )
             return 0 if result.rejected == 0 and result.answered == result.commands else 1
         if args.hq_command == "command":
+            if args.group is not None and (args.stores is not None or args.db is not None) and not args.no_wait:
+                report = asyncio.run(_command_to_group(args, broker))
+                return 0 if report.ok else 1
             answer = asyncio.run(
                 hq.send_command(
                     broker,
@@ -168,12 +200,19 @@ def cmd_hq(args: argparse.Namespace) -> int:
                     command_id=args.id,
                     timeout_s=args.timeout,
                     wait=not args.no_wait,
+                    db=args.db,
                 )
             )
             return 1 if answer is not None and answer.get("status") == "rejected" else 0
         if args.hq_command == "watch":
             asyncio.run(hq.watch(broker, args.store, kinds=args.kind, count=args.count, timeout_s=args.timeout))
             return 0
+    except fleet.FleetError as exc:
+        print(f"hq: {exc}", file=sys.stderr)
+        return 2
+    except ConnectionError as exc:
+        print(f"hq: {exc}", file=sys.stderr)
+        return 1
     except hq.HqError as exc:
         print(f"hq: {exc}", file=sys.stderr)
         return exc.code
@@ -206,6 +245,13 @@ def _sub(sub: Any, name: str, summary: str, description: str, examples: list[str
         name, help=summary, description=textwrap.fill(description, 90), epilog=epilog, formatter_class=_Help
     )
     return parser
+
+
+def _group_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stores", type=Path, metavar="FILE", help="--group: the stores to follow, one id a line")
+    parser.add_argument(
+        "--db", metavar="DSN", help="record what is sent in PostgreSQL; --group: follow the stores the ingest has seen"
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -336,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
         hq_sub,
         "push-prices",
         "send a price CSV as price.set commands",
-        "Send a price CSV to a store as price.set commands and wait for every answer. Columns: sku, price, "
+        "Send a price CSV to a store as price.set commands and wait for every answer (or, with --group, "
+        "publish it once to a group and then report every store: applied, rejected, no answer). Columns: sku, price, "
         "currency, and optionally gtin, name, promo_price, promo_until, valid_from, version, net_quantity, "
         "net_unit. Comma- or semicolon-separated, UTF-8 (with or without BOM) or Windows-1252, as Excel "
         "and LibreOffice write them; with ';' a decimal comma (1,20) is read as 1.20. Every bad line is "
@@ -344,22 +391,29 @@ def build_parser() -> argparse.ArgumentParser:
         [
             "store-gateway hq --broker mqtt://127.0.0.1:1883 push-prices --store 0042 prices.csv",
             "store-gateway hq --broker mqtt://127.0.0.1:1883 push-prices --store 0042 --chunk 500 prix.csv",
+            "store-gateway hq --broker mqtt://127.0.0.1:1883 push-prices --group fr --stores fr-stores.txt prices.csv",
         ],
         "docs/mqtt-api.md (price.set)",
     )
-    push.add_argument("--store", required=True, metavar="ID", help="the store's id (required)")
+    push_target = push.add_mutually_exclusive_group(required=True)
+    push_target.add_argument("--store", metavar="ID", help="the store's id (this or --group is required)")
+    push_target.add_argument(
+        "--group", metavar="NAME", help="publish once to the group, then follow every store (--stores or --db)"
+    )
     push.add_argument("file", type=Path, metavar="FILE.csv", help="the price file")
     push.add_argument("--chunk", type=int, default=1000, metavar="N", help="items per command (default: 1000)")
     push.add_argument(
         "--timeout", type=float, default=120.0, metavar="SECONDS", help="seconds to wait for answers (default: 120)"
     )
     push.add_argument("--quiet", action="store_true", help="no progress bars")
+    _group_options(push)
     command = _sub(
         hq_sub,
         "command",
         "send one command and print its command_result",
         "Send one command to a store (or a group of stores) and print the store's command_result as JSON. "
-        "Exit 1 if it was rejected or no answer came within --timeout.",
+        "Exit 1 if it was rejected or no answer came within --timeout. With --group and --stores or --db: "
+        "a table of every store (applied / rejected with the first error / no answer), exit 1 unless all applied.",
         [
             "store-gateway hq --broker mqtt://127.0.0.1:1883 command --store 0042 stock.adjust "
             '\'{"sku": "A1", "delta": -2, "reason": "breakage"}\'',
@@ -370,7 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     target = command.add_mutually_exclusive_group(required=True)
     target.add_argument("--store", metavar="ID", help="send to this store (this or --group is required)")
-    target.add_argument("--group", metavar="NAME", help="send to every store of this group (no answer is awaited)")
+    target.add_argument(
+        "--group",
+        metavar="NAME",
+        help="send to every store of this group; with --stores or --db, follow each store's answer",
+    )
     command.add_argument("name", metavar="NAME", help="the command type, e.g. price.set, stock.adjust, print")
     command.add_argument("json", metavar="JSON", help="the command's data as a JSON object")
     command.add_argument("--id", help="command id (default: a new UUID)")
@@ -378,6 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=30.0, metavar="SECONDS", help="seconds to wait for the answer (default: 30)"
     )
     command.add_argument("--no-wait", action="store_true", help="do not wait for the command_result")
+    command.add_argument("--quiet", action="store_true", help="no progress bar (--group)")
+    _group_options(command)
     watch = _sub(
         hq_sub,
         "watch",

@@ -23,6 +23,7 @@ import aiomqtt
 from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from gateway import fleet
 from gateway.commands import field_errors
 from gateway.config import BrokerAddress, check_broker_url
 from gateway.pricing import InvalidItem, convert_item, price_problems
@@ -170,11 +171,15 @@ async def push_prices(
     timeout_s: float = 120.0,
     out: TextIO = sys.stdout,
     progress: bool = True,
+    db: str | None = None,
 ) -> PushSummary:
     """Send a price file as `price.set` commands and wait for every `command_result`."""
     check_topic_id("--store", store)
     items = read_price_csv(path, version=int(time.time() * 1000))
     commands = [envelope("price.set", {"items": chunk}) for chunk in chunks(items, chunk_size)]
+    if db is not None:
+        topic = store_command_topic(broker.prefix, store, "price.set")
+        await fleet.record_commands(db, commands, topic, store=store, group=None)
     pending = {c["id"]: len(c["data"]["items"]) for c in commands}
     summary = PushSummary(commands=len(commands))
     with Progress(
@@ -251,6 +256,7 @@ async def send_command(
     timeout_s: float = 30.0,
     wait: bool = True,
     out: TextIO = sys.stdout,
+    db: str | None = None,
 ) -> dict[str, Any] | None:
     """Send one command; for a store, wait for and print its `command_result`."""
     try:
@@ -266,6 +272,8 @@ async def send_command(
         topic = store_command_topic(broker.prefix, check_topic_id("--store", store), name)
     else:
         raise HqError("give --store ID or --group NAME", 2)
+    if db is not None:
+        await fleet.record_commands(db, [command], topic, store=store, group=group)
     async with broker.client() as client:
         if store is not None and wait:
             await client.subscribe(broker.store_topic(store, "events/command_result"), qos=1)
@@ -326,3 +334,85 @@ async def watch(
         except TimeoutError:
             pass
     return seen
+
+
+# -- group pushes, followed store by store -----------------------------------------------------
+
+
+async def resolve_stores(stores_file: Path | None, db: str | None) -> list[str]:
+    """The stores a group push follows: `--stores FILE`, else the stores the ingest has seen (`--db`)."""
+    try:
+        if stores_file is not None:
+            return fleet.read_store_list(stores_file)
+        if db is not None:
+            return await fleet.stores_seen(db)
+    except fleet.FleetError as exc:
+        raise HqError(str(exc), 2) from None
+    raise HqError("--group: give --stores FILE or --db DSN, the stores to follow", 2)
+
+
+async def push_to_group(
+    broker: BrokerOptions,
+    group: str,
+    commands: list[dict[str, Any]],
+    stores: list[str],
+    *,
+    db: str | None = None,
+    timeout_s: float = 120.0,
+    out: TextIO = sys.stdout,
+    progress: bool = True,
+) -> fleet.GroupReport:
+    """Publish `commands` once on the group's topic, then follow every store's answers and print the table."""
+    topic = group_command_topic(broker.prefix, check_topic_id("--group", group), commands[0]["type"])
+    if db is not None:
+        await fleet.record_commands(db, commands, topic, store=None, group=group)
+    async with broker.client() as client:
+        await client.subscribe(broker.store_topic("+", "events/command_result"), qos=1)
+        for command in commands:
+            await client.publish(topic, json.dumps(command).encode(), qos=1)
+        report = await fleet.follow(
+            client,
+            prefix=broker.prefix,
+            group=group,
+            stores=stores,
+            commands=commands,
+            timeout_s=timeout_s,
+            progress=progress,
+        )
+    report.render(out)
+    return report
+
+
+async def push_prices_to_group(
+    broker: BrokerOptions,
+    group: str,
+    path: Path,
+    stores: list[str],
+    *,
+    chunk_size: int = 1000,
+    **options: Any,
+) -> fleet.GroupReport:
+    """A price file as `price.set` commands on the group's topic, followed store by store."""
+    items = read_price_csv(path, version=int(time.time() * 1000))
+    commands = [envelope("price.set", {"items": chunk}) for chunk in chunks(items, chunk_size)]
+    return await push_to_group(broker, group, commands, stores, **options)
+
+
+async def command_to_group(
+    broker: BrokerOptions,
+    group: str,
+    name: str,
+    data_text: str,
+    stores: list[str],
+    *,
+    command_id: str | None = None,
+    **options: Any,
+) -> fleet.GroupReport:
+    """One command on the group's topic, followed store by store."""
+    try:
+        data = json.loads(data_text)
+    except json.JSONDecodeError as exc:
+        raise HqError(f"JSON: not valid JSON: {exc}", 2) from None
+    if not isinstance(data, dict):
+        raise HqError("JSON: the command's data must be a JSON object", 2)
+    return await push_to_group(broker, group, [envelope(name, data, command_id)], stores, **options)
