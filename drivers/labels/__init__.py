@@ -46,11 +46,24 @@ class DeliveryReport:
 
 
 class LabelStation(Protocol):
-    """A label station (access point, simulator...)."""
+    """A label station (access point, simulator...).
 
-    async def start(self) -> None: ...
+    One owner does all its I/O (gateway/labels/service.py runs one task per station): it calls
+    `start()`, runs `listen()`, `reports()` and its requests in one task group, and `close()` at the end.
+    """
 
-    async def close(self) -> None: ...
+    async def start(self) -> None:
+        """Open what the station needs (an HTTP session...); on failure nothing stays open."""
+        ...
+
+    async def close(self) -> None:
+        """Close everything `start()` opened (safe to call twice, or after a failed start)."""
+        ...
+
+    async def listen(self) -> None:
+        """Run the station's listeners (a websocket, timers) until cancelled: the station's owner runs this
+        in its own task group, so nothing of the station outlives it. Reports come out of `reports()`."""
+        ...
 
     async def tag_info(self, label_id: str) -> TagInfo:
         """Size and colours of a label; raises LabelNotFound."""

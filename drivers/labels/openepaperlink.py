@@ -15,7 +15,6 @@ Facts this follows (read from the AP firmware; docs/devices.md has them all):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import logging
@@ -133,7 +132,7 @@ class _Pending:
 
 
 class OpenEPaperLinkStation:
-    """One access point. `start()` opens the HTTP session and the websocket listener."""
+    """One access point. `start()` opens the HTTP session; `listen()` keeps its websocket (delivery news)."""
 
     def __init__(self, url: str, *, name: str = "ap", timeout_s: float = 10.0) -> None:
         self.url = url.rstrip("/")
@@ -142,7 +141,6 @@ class OpenEPaperLinkStation:
         self._session: aiohttp.ClientSession | None = None
         self._reports: asyncio.Queue[DeliveryReport] = asyncio.Queue()
         self._pending: dict[str, _Pending] = {}
-        self._listener: asyncio.Task[None] | None = None
         self._updating: str | None = None
         self._types_checked: set[int] = set()
         self.ws_connected = asyncio.Event()
@@ -158,7 +156,7 @@ class OpenEPaperLinkStation:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the HTTP session and the websocket listener; on any failure nothing stays open."""
+        """Open the HTTP session and turn the AP's stopsleep off; on any failure nothing stays open."""
         await self.close()  # a restart after a failure starts from nothing
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
         try:
@@ -169,15 +167,10 @@ class OpenEPaperLinkStation:
         except BaseException:
             await self.close()
             raise
-        self._listener = asyncio.get_running_loop().create_task(self._listen(), name=f"oepl:{self.name}:ws")
 
     async def close(self) -> None:
-        """Stop the listener and close the session (safe to call twice, or before start)."""
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+        """Close the session (safe to call twice, or before start); the owner has stopped `listen()`."""
+        self.ws_connected.clear()
         session, self._session = self._session, None
         if session is not None:
             await session.close()
@@ -267,7 +260,8 @@ class OpenEPaperLinkStation:
 
     # -- websocket -----------------------------------------------------------------------------
 
-    async def _listen(self) -> None:
+    async def listen(self) -> None:
+        """Keep the websocket open (reconnecting with backoff) and turn its news into delivery reports."""
         backoff = 0.5
         ws_url = self.url.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + "/ws"
         failures = 0

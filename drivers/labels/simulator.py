@@ -43,16 +43,23 @@ class SimulatedStation:
         self.display = display or TagInfo("", 296, 128, ("white", "black", "red"))
         self._rng = random.Random(seed)
         self._reports: asyncio.Queue[DeliveryReport] = asyncio.Queue()
-        self._pending: set[asyncio.Task[None]] = set()
+        self._deliveries: asyncio.Queue[tuple[float, str, bytes, str, bool]] = asyncio.Queue()
         self.sent = 0
 
     async def start(self) -> None:
         await asyncio.to_thread(self.directory.mkdir, parents=True, exist_ok=True)
 
     async def close(self) -> None:
-        for task in list(self._pending):
-            task.cancel()
-        await asyncio.gather(*self._pending, return_exceptions=True)
+        """Transfers not delivered yet are dropped, as a radio link that goes away drops them."""
+        self._deliveries = asyncio.Queue()
+
+    async def listen(self) -> None:
+        """Deliver each image `confirm_delay_s` after it was sent, in order."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due, label_id, png, token, fails = await self._deliveries.get()
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            await self._deliver(label_id, png, token, fails)
 
     def normalise_id(self, label_id: str) -> str:
         if not _ID.match(label_id):
@@ -71,12 +78,10 @@ class SimulatedStation:
         image.save(buffer, format="PNG")
         self.sent += 1
         fails = self._rng.random() < self.failure_rate
-        task = asyncio.get_running_loop().create_task(self._deliver(label_id, buffer.getvalue(), token, fails))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        due = asyncio.get_running_loop().time() + self.confirm_delay_s
+        self._deliveries.put_nowait((due, label_id, buffer.getvalue(), token, fails))
 
     async def _deliver(self, label_id: str, png: bytes, token: str, fails: bool) -> None:
-        await asyncio.sleep(self.confirm_delay_s)
         if fails:
             self._reports.put_nowait(DeliveryReport(label_id, "failed", token, "simulated radio failure"))
             return

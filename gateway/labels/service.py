@@ -6,15 +6,23 @@ is left alone, and the rest are queued per station. The queue coalesces: it hold
 of each label, so a label whose price changes three times before it is sent is sent once. Each
 station has a bounded number of images in flight; a transfer that fails or is not confirmed in
 time is retried a bounded number of times, then the label is reported `failed`.
+
+Each station has one owner: the task `labels:<id>` opens its driver, runs its listeners, sends its
+images, takes its delivery reports and serves every other request for it (reading a label's display,
+flashing a LED) from a bounded queue, all in one task group, and closes the driver when it ends. The
+planner only renders and records: a label whose display is not known yet is handed to the owner,
+which asks the station and plans the label again once it knows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import sqlite3
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -66,8 +74,28 @@ class InFlight:
     sent_at: float
 
 
+@dataclass(frozen=True)
+class ReadDisplay:
+    """Ask the station for a label's size and colours (then plan the label)."""
+
+    label: str
+
+
+@dataclass(frozen=True)
+class Flash:
+    """Light a label's LED."""
+
+    label: str
+    color: str
+    seconds: float
+
+
+StationRequest = ReadDisplay | Flash
+_REQUESTS_MAX = 1024
+
+
 class StationQueue:
-    """The coalescing queue and in-flight set of one station."""
+    """What waits for one station's owner: the coalescing image queue, the images in flight, other requests."""
 
     def __init__(self, config: LabelStationConfig, station: LabelStation) -> None:
         self.config = config
@@ -75,11 +103,45 @@ class StationQueue:
         self.waiting: OrderedDict[str, tuple[Image.Image, str]] = OrderedDict()
         self.in_flight: dict[str, InFlight] = {}
         self.ready = asyncio.Event()
+        self.requests: asyncio.Queue[StationRequest] = asyncio.Queue(_REQUESTS_MAX)
+        self.asked_display: set[str] = set()
 
     def put(self, label: str, image: Image.Image, content_hash: str) -> None:
         self.waiting[label] = (image, content_hash)  # replaces an older image of the same label
         self.waiting.move_to_end(label)
         self.ready.set()
+
+    def ask_again(self, request: StationRequest) -> bool:
+        """Put back a request its owner could not finish (the station failed under it)."""
+        try:
+            self.requests.put_nowait(request)
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    def ask(self, request: StationRequest) -> bool:
+        """Hand a request to the station's owner; False when its queue is full (the request is dropped)."""
+        if isinstance(request, ReadDisplay):
+            if request.label in self.asked_display:
+                return True  # already asked: one answer plans the label
+            self.asked_display.add(request.label)
+        try:
+            self.requests.put_nowait(request)
+        except asyncio.QueueFull:
+            if isinstance(request, ReadDisplay):
+                self.asked_display.discard(request.label)
+            return False
+        return True
+
+
+@contextlib.asynccontextmanager
+async def opened(station: LabelStation) -> AsyncIterator[LabelStation]:
+    """The station open for the life of the block, closed however it ends (also when `start()` fails)."""
+    try:
+        await station.start()
+        yield station
+    finally:
+        await station.close()
 
 
 class LabelService(Service):
@@ -149,7 +211,7 @@ class LabelService(Service):
         future = await db.read(functools.partial(scheduled_prices, skus=signal.skus))
         jobs = []
         for row in rows:
-            spec = row.display or await self._display(row)
+            spec = self._display(row)
             for price in future:
                 if spec is not None and price.sku == row.sku:
                     jobs.append((row.key, price.version, plan.content_for(price, utc_now()), spec))
@@ -169,27 +231,19 @@ class LabelService(Service):
     async def _on_flash(self, signal: plan.FlashRequested) -> None:
         for station_id, label in signal.keys:
             queue = self.queues.get(station_id)
-            if queue is None:
-                continue
-            try:
-                await queue.station.flash(label, signal.color, signal.seconds)
-            except Exception as exc:
-                log.warning("label %s on %s: flash failed: %s", label, station_id, exc)
+            if queue is not None and not queue.ask(Flash(label, signal.color, signal.seconds)):
+                log.warning("label %s on %s: flash dropped, the station has %d requests waiting",
+                            label, station_id, _REQUESTS_MAX)  # fmt: skip
 
-    async def _display(self, row: plan.LabelRow) -> DisplaySpec | None:
+    def _display(self, row: plan.LabelRow) -> DisplaySpec | None:
+        """The label's display if known; otherwise its station's owner is asked, and plans it again when it knows."""
         if row.display is not None:
             return row.display
         queue = self.queues.get(row.station)
-        if queue is None:
-            return None
-        try:
-            info: TagInfo = await queue.station.tag_info(row.label)
-        except LabelNotFound as exc:
-            log.warning("label %s is not known to station %s: %s", row.label, row.station, exc)
-            return None
-        spec = DisplaySpec(info.width, info.height, info.colours)
-        await self.gateway.db.write(functools.partial(plan.set_display, key=row.key, spec=spec))
-        return spec
+        if queue is not None and not queue.ask(ReadDisplay(row.label)):
+            log.warning("label %s on %s: display not asked, the station is busy; it is asked again at the next plan",
+                        row.label, row.station)  # fmt: skip
+        return None
 
     async def replan(self, keys: list[plan.LabelKey]) -> int:
         """Render the labels at `keys` with their product's current price; queue those that must change."""
@@ -206,7 +260,7 @@ class LabelService(Service):
         jobs = []
         for row in rows:
             price = prices.get(row.sku)
-            spec = row.display or await self._display(row)
+            spec = self._display(row)
             if spec is None or price is None:
                 continue
             jobs.append((row, spec, price, plan.content_for(price, now)))
@@ -245,24 +299,67 @@ class LabelService(Service):
         return queued
 
     async def run_station(self, station_id: str) -> None:
+        """The station's owner: everything that touches its driver runs here, in one task group."""
         queue = self.queues[station_id]
-        await queue.station.start()
-        await self.gateway.db.write(
-            functools.partial(
-                devices.report,
-                device=station_id,
-                kind="label_station",
-                status="online",
-                address=queue.config.url or str(queue.config.directory),
+        async with opened(queue.station) as station:
+            await self.gateway.db.write(
+                functools.partial(
+                    devices.report,
+                    device=station_id,
+                    kind="label_station",
+                    status="online",
+                    address=queue.config.url or str(queue.config.directory),
+                )
             )
-        )
-        try:
             async with asyncio.TaskGroup() as group:
+                group.create_task(station.listen(), name=f"labels:{station_id}:listen")
                 group.create_task(self._send(queue), name=f"labels:{station_id}:send")
                 group.create_task(self._receive(queue), name=f"labels:{station_id}:reports")
                 group.create_task(self._watch_timeouts(queue), name=f"labels:{station_id}:timeouts")
-        finally:
-            await queue.station.close()
+                group.create_task(self._serve(queue), name=f"labels:{station_id}:requests")
+
+    async def _serve(self, queue: StationQueue) -> None:
+        """Requests other than images: LED flashes, and labels' displays (read in batches, then planned)."""
+        station, station_id = queue.station, queue.config.id
+        while True:
+            batch = [await queue.requests.get()]
+            while len(batch) < 200 and not queue.requests.empty():
+                batch.append(queue.requests.get_nowait())
+            learnt: list[tuple[plan.LabelKey, DisplaySpec]] = []
+            for position, request in enumerate(batch):
+                if isinstance(request, Flash):
+                    try:
+                        await station.flash(request.label, request.color, request.seconds)
+                    except Exception as exc:  # pick-to-light is a help, not a promise: log it and go on
+                        log.warning("label %s on %s: flash failed: %s", request.label, station_id, exc)
+                    continue
+                try:
+                    info: TagInfo = await station.tag_info(request.label)
+                except LabelNotFound as exc:
+                    queue.asked_display.discard(request.label)
+                    log.warning("label %s is not known to station %s: %s", request.label, station_id, exc)
+                    continue
+                except BaseException:
+                    for unanswered in batch[position:]:  # asked again when the station is back
+                        if not queue.ask_again(unanswered) and isinstance(unanswered, ReadDisplay):
+                            queue.asked_display.discard(unanswered.label)
+                    await self._record_displays(queue, learnt)
+                    raise
+                learnt.append(((station_id, request.label), DisplaySpec(info.width, info.height, info.colours)))
+            await self._record_displays(queue, learnt)
+
+    async def _record_displays(self, queue: StationQueue, learnt: list[tuple[plan.LabelKey, DisplaySpec]]) -> None:
+        if not learnt:
+            return
+
+        def record(conn: sqlite3.Connection) -> None:
+            for key, spec in learnt:
+                plan.set_display(conn, key, spec)
+
+        await self.gateway.db.write(record)
+        for (_, label), _spec in learnt:
+            queue.asked_display.discard(label)
+        self.gateway.bus.publish(plan.LabelsToPlan(tuple(key for key, _ in learnt)))
 
     async def _send(self, queue: StationQueue) -> None:
         db = self.gateway.db

@@ -38,7 +38,15 @@ async def test_scheduled_price_labels_are_rendered_ahead(tmp_path: Path) -> None
 
     item = {"sku": "A1", "price": "2.00", "currency": "EUR", "name": "Sucre 1 kg", "version": 1}
     await send("price.set", {"items": [item]})
+    owner = asyncio.create_task(labels.run_station("sim"))  # the station's owner learns the label's display
     await send("label.assign", {"items": [{"label": "a1", "sku": "A1", "station": "sim"}]})
+    for _ in range(100):
+        if await db.read(lambda conn: conn.execute("SELECT width FROM labels WHERE label = 'a1'").fetchone()[0]):
+            break
+        await asyncio.sleep(0.05)
+    await gateway.bus.drain()
+    owner.cancel()  # from here the queue is looked at, not sent
+    await asyncio.gather(owner, return_exceptions=True)
     at = datetime.now(UTC) + timedelta(hours=3)
     await send("price.set", {"items": [{**item, "price": "1.75", "version": 2, "valid_from": rfc3339(at)}]})
     assert ("sim", "a1", 2) in labels.prerendered

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import sqlite3
 from collections.abc import AsyncIterator
@@ -31,10 +32,15 @@ async def ap() -> AsyncIterator[FakeAccessPoint]:
 
 @pytest.fixture
 async def station(ap: FakeAccessPoint) -> AsyncIterator[OpenEPaperLinkStation]:
+    """The driver as its owner runs it: started, its listener in a task of ours, closed at the end."""
     driver = OpenEPaperLinkStation(ap.url, name="ap-test")
     await driver.start()
+    listener = asyncio.create_task(driver.listen())
     await asyncio.wait_for(driver.ws_connected.wait(), 5)
     yield driver
+    listener.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await listener
     await driver.close()
 
 
