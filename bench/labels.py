@@ -77,6 +77,9 @@ async def plan_time(skus: int, workdir: Path) -> tuple[float, int]:
             functools.partial(gateway.dispatcher.handle, payload=command.encode(), topic_name="label.assign")
         )
     keys = await db.read(functools.partial(plan.labels_for_skus, skus=[i["sku"] for i in items]))
+    # the labels on the shelves: their displays were read by the station's owner when they were assigned
+    spec = DisplaySpec(296, 128, ("white", "black", "red"))
+    await db.write(lambda conn: [plan.set_display(conn, key, spec) for key in keys])
     start = time.perf_counter()
     queued = await labels.replan(keys)
     elapsed = time.perf_counter() - start

@@ -8,10 +8,10 @@ station has a bounded number of images in flight; a transfer that fails or is no
 time is retried a bounded number of times, then the label is reported `failed`.
 
 Each station has one owner: the task `labels:<id>` opens its driver, runs its listeners, sends its
-images, takes its delivery reports and serves every other request for it (reading a label's display,
-flashing a LED) from a bounded queue, all in one task group, and closes the driver when it ends. The
-planner only renders and records: a label whose display is not known yet is handed to the owner,
-which asks the station and plans the label again once it knows.
+images, takes its delivery reports, reads the displays of new labels and flashes LEDs (from a
+bounded queue), all in one task group, and closes the driver when it ends. The planner only renders
+and records: a label whose display is not known yet is handed to the owner, which asks the station
+and plans the label again once it knows.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import sqlite3
 from collections import OrderedDict
@@ -75,13 +76,6 @@ class InFlight:
 
 
 @dataclass(frozen=True)
-class ReadDisplay:
-    """Ask the station for a label's size and colours (then plan the label)."""
-
-    label: str
-
-
-@dataclass(frozen=True)
 class Flash:
     """Light a label's LED."""
 
@@ -90,8 +84,7 @@ class Flash:
     seconds: float
 
 
-StationRequest = ReadDisplay | Flash
-_REQUESTS_MAX = 1024
+_FLASHES_MAX = 1024
 
 
 class StationQueue:
@@ -103,35 +96,20 @@ class StationQueue:
         self.waiting: OrderedDict[str, tuple[Image.Image, str]] = OrderedDict()
         self.in_flight: dict[str, InFlight] = {}
         self.ready = asyncio.Event()
-        self.requests: asyncio.Queue[StationRequest] = asyncio.Queue(_REQUESTS_MAX)
-        self.asked_display: set[str] = set()
+        self.flashes: asyncio.Queue[Flash] = asyncio.Queue(_FLASHES_MAX)
+        # labels whose display (size, colours) the owner is to read; one entry per label, in order
+        self.displays_wanted: dict[str, None] = {}
+        self.display_wanted = asyncio.Event()
 
     def put(self, label: str, image: Image.Image, content_hash: str) -> None:
         self.waiting[label] = (image, content_hash)  # replaces an older image of the same label
         self.waiting.move_to_end(label)
         self.ready.set()
 
-    def ask_again(self, request: StationRequest) -> bool:
-        """Put back a request its owner could not finish (the station failed under it)."""
-        try:
-            self.requests.put_nowait(request)
-        except asyncio.QueueFull:
-            return False
-        return True
-
-    def ask(self, request: StationRequest) -> bool:
-        """Hand a request to the station's owner; False when its queue is full (the request is dropped)."""
-        if isinstance(request, ReadDisplay):
-            if request.label in self.asked_display:
-                return True  # already asked: one answer plans the label
-            self.asked_display.add(request.label)
-        try:
-            self.requests.put_nowait(request)
-        except asyncio.QueueFull:
-            if isinstance(request, ReadDisplay):
-                self.asked_display.discard(request.label)
-            return False
-        return True
+    def want_display(self, label: str) -> None:
+        """Have the owner read this label's display (then plan it); asking twice asks once."""
+        self.displays_wanted[label] = None
+        self.display_wanted.set()
 
 
 @contextlib.asynccontextmanager
@@ -231,18 +209,20 @@ class LabelService(Service):
     async def _on_flash(self, signal: plan.FlashRequested) -> None:
         for station_id, label in signal.keys:
             queue = self.queues.get(station_id)
-            if queue is not None and not queue.ask(Flash(label, signal.color, signal.seconds)):
-                log.warning("label %s on %s: flash dropped, the station has %d requests waiting",
-                            label, station_id, _REQUESTS_MAX)  # fmt: skip
+            if queue is None:
+                continue
+            try:
+                queue.flashes.put_nowait(Flash(label, signal.color, signal.seconds))
+            except asyncio.QueueFull:
+                log.warning("label %s on %s: flash dropped, %d flashes wait already", label, station_id, _FLASHES_MAX)
 
     def _display(self, row: plan.LabelRow) -> DisplaySpec | None:
         """The label's display if known; otherwise its station's owner is asked, and plans it again when it knows."""
         if row.display is not None:
             return row.display
         queue = self.queues.get(row.station)
-        if queue is not None and not queue.ask(ReadDisplay(row.label)):
-            log.warning("label %s on %s: display not asked, the station is busy; it is asked again at the next plan",
-                        row.label, row.station)  # fmt: skip
+        if queue is not None:
+            queue.want_display(row.label)
         return None
 
     async def replan(self, keys: list[plan.LabelKey]) -> int:
@@ -316,39 +296,40 @@ class LabelService(Service):
                 group.create_task(self._send(queue), name=f"labels:{station_id}:send")
                 group.create_task(self._receive(queue), name=f"labels:{station_id}:reports")
                 group.create_task(self._watch_timeouts(queue), name=f"labels:{station_id}:timeouts")
-                group.create_task(self._serve(queue), name=f"labels:{station_id}:requests")
+                group.create_task(self._learn_displays(queue), name=f"labels:{station_id}:displays")
+                group.create_task(self._flash(queue), name=f"labels:{station_id}:flashes")
 
-    async def _serve(self, queue: StationQueue) -> None:
-        """Requests other than images: LED flashes, and labels' displays (read in batches, then planned)."""
+    async def _flash(self, queue: StationQueue) -> None:
+        """LED flashes, one at a time, from the bounded queue."""
+        while True:
+            request = await queue.flashes.get()
+            try:
+                await queue.station.flash(request.label, request.color, request.seconds)
+            except Exception as exc:  # pick-to-light is a help, not a promise: log it and go on
+                log.warning("label %s on %s: flash failed: %s", request.label, queue.config.id, exc)
+
+    async def _learn_displays(self, queue: StationQueue) -> None:
+        """Read the displays of labels the planner could not render yet, in batches; then plan them."""
         station, station_id = queue.station, queue.config.id
         while True:
-            batch = [await queue.requests.get()]
-            while len(batch) < 200 and not queue.requests.empty():
-                batch.append(queue.requests.get_nowait())
-            learnt: list[tuple[plan.LabelKey, DisplaySpec]] = []
-            for position, request in enumerate(batch):
-                if isinstance(request, Flash):
-                    try:
-                        await station.flash(request.label, request.color, request.seconds)
-                    except Exception as exc:  # pick-to-light is a help, not a promise: log it and go on
-                        log.warning("label %s on %s: flash failed: %s", request.label, station_id, exc)
-                    continue
+            await queue.display_wanted.wait()
+            queue.display_wanted.clear()
+            while queue.displays_wanted:
+                batch = list(itertools.islice(queue.displays_wanted, 200))
+                learnt: list[tuple[plan.LabelKey, DisplaySpec]] = []
                 try:
-                    info: TagInfo = await station.tag_info(request.label)
-                except LabelNotFound as exc:
-                    queue.asked_display.discard(request.label)
-                    log.warning("label %s is not known to station %s: %s", request.label, station_id, exc)
-                    continue
-                except BaseException:
-                    for unanswered in batch[position:]:  # asked again when the station is back
-                        if not queue.ask_again(unanswered) and isinstance(unanswered, ReadDisplay):
-                            queue.asked_display.discard(unanswered.label)
-                    await self._record_displays(queue, learnt)
-                    raise
-                learnt.append(((station_id, request.label), DisplaySpec(info.width, info.height, info.colours)))
-            await self._record_displays(queue, learnt)
+                    for label in batch:
+                        try:
+                            info: TagInfo = await station.tag_info(label)
+                        except LabelNotFound as exc:
+                            log.warning("label %s is not known to station %s: %s", label, station_id, exc)
+                        else:
+                            learnt.append(((station_id, label), DisplaySpec(info.width, info.height, info.colours)))
+                        queue.displays_wanted.pop(label, None)  # a failure of the station leaves the rest asked
+                finally:
+                    await self._record_displays(learnt)
 
-    async def _record_displays(self, queue: StationQueue, learnt: list[tuple[plan.LabelKey, DisplaySpec]]) -> None:
+    async def _record_displays(self, learnt: list[tuple[plan.LabelKey, DisplaySpec]]) -> None:
         if not learnt:
             return
 
@@ -357,8 +338,6 @@ class LabelService(Service):
                 plan.set_display(conn, key, spec)
 
         await self.gateway.db.write(record)
-        for (_, label), _spec in learnt:
-            queue.asked_display.discard(label)
         self.gateway.bus.publish(plan.LabelsToPlan(tuple(key for key, _ in learnt)))
 
     async def _send(self, queue: StationQueue) -> None:
