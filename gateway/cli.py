@@ -21,9 +21,9 @@ if TYPE_CHECKING:
     from gateway.fleet import GroupReport
 
 
-def _load(path: Path) -> Config:
+def _load(path: Path, *, secrets: bool = True) -> Config:
     try:
-        return load_config(path)
+        return load_config(path, secrets=secrets)
     except ConfigError as exc:
         for line in exc.problems:
             print(line, file=sys.stderr)
@@ -67,7 +67,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from gateway import status
 
-    config = _load(args.config)
+    config = _load(args.config, secrets=False)  # a technician's shell has not the daemon's secrets
     zone = ZoneInfo(config.store.timezone)
     while True:
         try:

@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -57,7 +58,13 @@ DeviceId = Annotated[str, AfterValidator(_device_id)]
 StoreId = Annotated[str, AfterValidator(_store_id)]
 
 PRINTER_SCHEMES = ("tcp", "serial", "usb", "file")
-SECRET_KEYS = {"password", "bind_key", "bindkey", "key_password"}
+# A secret written in the TOML, and the keys that take it instead.
+SECRET_KEYS = {
+    "password": "password_file or password_env",
+    "bind_key": "bind_key_file or bind_key_env",
+    "bindkey": "bind_key_file or bind_key_env",
+    "key_password": "a key_file without a passphrase, readable only by the gateway (mode 0640)",
+}
 
 
 class ConfigError(Exception):
@@ -125,7 +132,48 @@ class BrokerAddress(_Section):
         return cls(host=parts.hostname or "", port=parts.port or (8883 if tls else 1883), tls=tls)
 
 
-class UplinkConfig(_Section):
+def _checks_secrets(info: ValidationInfo) -> bool:
+    """False when the caller only reads the config (`status`): it needs no password or key file."""
+    return not isinstance(info.context, dict) or bool(info.context.get("secrets", True))
+
+
+class _MqttLogin(_Section):
+    """A user name and the password for an MQTT broker: from a file or an environment variable, never the TOML."""
+
+    username: str | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+
+    @field_validator("password_file")
+    @classmethod
+    def _password_readable(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and _checks_secrets(info) and not os.access(value, os.R_OK):
+            raise ValueError(f"cannot read {value}")
+        return value
+
+    @field_validator("password_env")
+    @classmethod
+    def _env_set(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and _checks_secrets(info) and value not in os.environ:
+            raise ValueError(f"environment variable {value} is not set")
+        return value
+
+    @model_validator(mode="after")
+    def _one_password(self) -> _MqttLogin:
+        if self.password_file and self.password_env:
+            raise ValueError("give password_file or password_env, not both")
+        return self
+
+    def password(self) -> str | None:
+        """The MQTT password from its file or environment variable, never from the TOML."""
+        if self.password_file is not None:
+            return self.password_file.read_text().strip()
+        if self.password_env is not None:
+            return os.environ[self.password_env]
+        return None
+
+
+class UplinkConfig(_MqttLogin):
     """[uplink]: the MQTT link to head office."""
 
     url: str
@@ -134,9 +182,6 @@ class UplinkConfig(_Section):
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
-    username: str | None = None
-    password_file: Path | None = None
-    password_env: str | None = None
     protocol: Literal["3.1.1", "5"] = "3.1.1"
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
     inflight: Annotated[int, Field(ge=1, le=1000)] = 100
@@ -147,18 +192,11 @@ class UplinkConfig(_Section):
     def _url(cls, value: str) -> str:
         return check_broker_url(value)
 
-    @field_validator("ca_file", "cert_file", "key_file", "password_file")
+    @field_validator("ca_file", "cert_file", "key_file")
     @classmethod
-    def _readable(cls, value: Path | None) -> Path | None:
-        if value is not None and not os.access(value, os.R_OK):
+    def _readable(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and _checks_secrets(info) and not os.access(value, os.R_OK):
             raise ValueError(f"cannot read {value}")
-        return value
-
-    @field_validator("password_env")
-    @classmethod
-    def _env_set(cls, value: str | None) -> str | None:
-        if value is not None and value not in os.environ:
-            raise ValueError(f"environment variable {value} is not set")
         return value
 
     @model_validator(mode="after")
@@ -167,21 +205,11 @@ class UplinkConfig(_Section):
             raise ValueError("cert_file and key_file go together (client certificate and its key)")
         if not self.url.startswith("mqtts") and (self.ca_file or self.cert_file):
             raise ValueError("ca_file/cert_file need an mqtts:// url")
-        if self.password_file and self.password_env:
-            raise ValueError("give password_file or password_env, not both")
         return self
 
     @property
     def broker(self) -> BrokerAddress:
         return BrokerAddress.parse(self.url)
-
-    def password(self) -> str | None:
-        """The MQTT password from its file or environment variable, never from the TOML."""
-        if self.password_file is not None:
-            return self.password_file.read_text().strip()
-        if self.password_env is not None:
-            return os.environ[self.password_env]
-        return None
 
 
 class PrinterConfig(_Section):
@@ -287,12 +315,10 @@ class SensorConfig(_Section):
         return self
 
 
-class LocalMqttConfig(_Section):
-    """[local_mqtt]: the in-store broker that local sensors publish to."""
+class LocalMqttConfig(_MqttLogin):
+    """[local_mqtt]: the in-store broker that local sensors publish to (login as for the uplink)."""
 
     url: str = "mqtt://127.0.0.1:1883"
-    username: str | None = None
-    password_file: Path | None = None
 
     @field_validator("url")
     @classmethod
@@ -419,7 +445,7 @@ def _message(error: Any) -> str:
     if kind == "extra_forbidden":
         key = str(loc[-1])
         if key in SECRET_KEYS:
-            return "secrets may not be written in the config file; use password_file or password_env"
+            return f"secrets may not be written in the config file; use {SECRET_KEYS[key]}"
         model = _model_at(loc)
         known = ", ".join(model.model_fields) if model is not None else ""
         return f"unknown key{f' (known keys: {known})' if known else ''}"
@@ -438,10 +464,14 @@ def problems_of(error: ValidationError) -> list[str]:
     return lines
 
 
-def parse_config(data: dict[str, Any]) -> Config:
-    """Validate an already-parsed TOML document; raise ConfigError listing every problem."""
+def parse_config(data: dict[str, Any], *, secrets: bool = True) -> Config:
+    """Validate an already-parsed TOML document; raise ConfigError listing every problem.
+
+    `secrets=False` skips the checks that the key, certificate and password files are readable and
+    the password variables set: `status` reads the config as a technician, without the daemon's secrets.
+    """
     try:
-        config = Config.model_validate(data)
+        config = Config.model_validate(data, context={"secrets": secrets})
     except ValidationError as exc:
         raise ConfigError(problems_of(exc)) from None
     problems = _cross_checks(config)
@@ -450,7 +480,7 @@ def parse_config(data: dict[str, Any]) -> Config:
     return config
 
 
-def load_config(path: Path) -> Config:
+def load_config(path: Path, *, secrets: bool = True) -> Config:
     """Read and validate a config file; raise ConfigError with `dotted.key: message` lines."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -460,7 +490,7 @@ def load_config(path: Path) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"(file): not valid TOML: {exc}"]) from None
-    return parse_config(data)
+    return parse_config(data, secrets=secrets)
 
 
 def summary(config: Config) -> str:

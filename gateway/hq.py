@@ -8,8 +8,11 @@ watch        print every event of a store as one JSON line
 from __future__ import annotations
 
 import asyncio
+import codecs
 import csv
+import io
 import json
+import re
 import ssl
 import sys
 import time
@@ -97,52 +100,172 @@ def envelope(name: str, data: dict[str, Any], command_id: str | None = None) -> 
 # -- price files -----------------------------------------------------------------------------
 
 
-def read_price_csv(path: Path, version: int) -> list[dict[str, Any]]:
-    """Read and check a price CSV; every bad line is reported (`line N: field: message`), none sent."""
+# Columns that hold a decimal number: with ';' or tab between columns a decimal comma is allowed.
+DECIMAL_COLUMNS = ("price", "promo_price", "net_quantity")
+_SEPARATORS = {",": "','", ";": "';'", "\t": "tab"}
+# "1,20", "1 234,50" (space, no-break or narrow no-break space between thousands), "-0,5"
+_DECIMAL_COMMA = re.compile(r"^-?\d{1,3}(?:[ \u00a0\u202f]\d{3})*(?:,\d+)?$|^-?\d+(?:,\d+)?$")
+
+
+@dataclass(frozen=True)
+class CsvDialect:
+    """How a price file is written: what Excel or LibreOffice in France make differs from the contract's."""
+
+    encoding: str
+    separator: str
+    crlf: bool
+    decimal_comma: bool
+
+    def describe(self) -> str:
+        return (
+            f"{self.encoding}, columns separated by {_SEPARATORS[self.separator]}, "
+            f"decimal {'comma' if self.decimal_comma else 'point'}, {'CRLF' if self.crlf else 'LF'} line ends"
+        )
+
+
+@dataclass
+class PriceFile:
+    """The items of a price CSV, checked, and the dialect it was read in."""
+
+    items: list[dict[str, Any]]
+    dialect: CsvDialect
+
+
+def _decode(path: Path) -> tuple[str, str]:
+    """The file's text and its encoding: UTF-8 (with or without BOM) or else Windows-1252."""
     try:
-        handle = path.open(newline="", encoding="utf-8-sig")
+        raw = path.read_bytes()
     except OSError as exc:
         raise HqError(f"{path}: {exc.strerror}", 2) from None
-    with handle:
-        reader = csv.DictReader(handle)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        missing = [c for c in CSV_REQUIRED if c not in columns]
-        unknown = [c for c in columns if c not in CSV_REQUIRED + CSV_OPTIONAL]
-        if missing or unknown:
-            wrong = [f"missing column {c}" for c in missing] + [f"unknown column {c}" for c in unknown]
-            raise HqError(f"{path}: " + "; ".join(wrong) + f" (columns: {', '.join(CSV_REQUIRED + CSV_OPTIONAL)})", 2)
-        items: list[dict[str, Any]] = []
-        converted, lines = [], []
-        problems: list[tuple[int, str]] = []  # line, "field: message"
-        for row in reader:
-            line = reader.line_num
-            item: dict[str, Any] = {k.strip(): v.strip() for k, v in row.items() if k and v is not None and v.strip()}
-            try:
-                item["version"] = int(item["version"]) if "version" in item else version
-            except ValueError:
-                problems.append((line, "version: not a whole number"))
-                continue
-            try:
-                converted.append(convert_item(item))
-            except ValidationError as exc:
-                problems += [(line, f"{e.field}: {e.message}") for e in field_errors(exc, "")]
-                continue
-            except InvalidItem as exc:
-                problems.append((line, str(exc)))
-                continue
-            items.append(item)
-            lines.append(line)
+    if raw.startswith(codecs.BOM_UTF8):
+        try:
+            return raw[len(codecs.BOM_UTF8) :].decode("utf-8"), "UTF-8 with BOM"
+        except UnicodeDecodeError as exc:
+            raise HqError(f"{path}: starts with a UTF-8 BOM but byte {exc.start + 3} is not UTF-8", 2) from None
+    try:
+        return raw.decode("utf-8"), "UTF-8"
+    except UnicodeDecodeError:
+        pass
+    try:
+        return raw.decode("cp1252"), "Windows-1252"
+    except UnicodeDecodeError as exc:
+        raise HqError(
+            f"{path}: neither UTF-8 nor Windows-1252 (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+            "save it as CSV UTF-8",
+            2,
+        ) from None
+
+
+def _separator(path: Path, header: str) -> str:
+    """The one separator with which the header line names the required columns."""
+    fits = []
+    for separator in _SEPARATORS:
+        columns = {c.strip() for c in next(csv.reader([header], delimiter=separator), [])}
+        if all(c in columns for c in CSV_REQUIRED):
+            fits.append(separator)
+    if len(fits) == 1:
+        return fits[0]
+    if not fits:
+        raise HqError(
+            f"{path}: the first line must name the columns {', '.join(CSV_REQUIRED)} separated by ',' or ';' "
+            f"(it is: {header[:80]!r})",
+            2,
+        )
+    raise HqError(
+        f"{path}: ambiguous: its first line reads as columns with {' and with '.join(_SEPARATORS[f] for f in fits)}; "
+        "use one separator",
+        2,
+    )
+
+
+def _decimal(value: str, separator: str) -> tuple[str, bool]:
+    """A decimal written with a comma as the contract writes it (a point); (value, had a comma).
+
+    Raises ValueError, never guessing: "1,20" between commas could be 1.20 or 1,200 (an English
+    thousands separator), and "1.234,50" mixes both marks.
+    """
+    if "," not in value:
+        return value, False
+    if separator == ",":
+        raise ValueError(
+            f'"{value}" has a decimal comma in a comma-separated file: write {value.replace(",", ".")}, '
+            "or separate the columns with ';'"
+        )
+    if "." in value or not _DECIMAL_COMMA.match(value):
+        raise ValueError(f'"{value}" is ambiguous (it mixes "." and "," or groups digits oddly); write it like 1234,50')
+    return re.sub(r"[ \u00a0\u202f]", "", value).replace(",", "."), True
+
+
+def read_price_csv(path: Path, version: int) -> PriceFile:
+    """Read and check a price CSV; every bad line is reported (`line N: field: message`), none sent.
+
+    It reads what spreadsheets write: ',' or ';' (or tab) between columns, found from the header line;
+    UTF-8 with or without BOM, else Windows-1252; CRLF or LF; with ';' or tab, decimal commas.
+    """
+    text, encoding = _decode(path)
+    header = text.split("\n", 1)[0].rstrip("\r")
+    separator = _separator(path, header)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=separator)
+    columns = [c.strip() for c in reader.fieldnames or []]
+    missing = [c for c in CSV_REQUIRED if c not in columns]
+    unknown = [c for c in columns if c not in CSV_REQUIRED + CSV_OPTIONAL]
+    if missing or unknown:
+        wrong = [f"missing column {c}" for c in missing] + [f"unknown column {c}" for c in unknown]
+        raise HqError(f"{path}: " + "; ".join(wrong) + f" (columns: {', '.join(CSV_REQUIRED + CSV_OPTIONAL)})", 2)
+    items: list[dict[str, Any]] = []
+    converted, lines = [], []
+    problems: list[tuple[int, str]] = []  # line, "field: message"
+    commas = False
+    for row in reader:
+        line = reader.line_num
+        if None in row:  # more values than columns: a decimal comma between commas, or a stray separator
+            extra = len(row[None])
+            problems.append(
+                (
+                    line,
+                    f"{len(columns) + extra} values for {len(columns)} columns (a decimal comma in a "
+                    "comma-separated file? write 1.20, or separate the columns with ';')",
+                )
+            )
+            continue
+        item: dict[str, Any] = {k.strip(): v.strip() for k, v in row.items() if k and v is not None and v.strip()}
+        bad = False
+        for name in DECIMAL_COLUMNS:
+            if name in item:
+                try:
+                    item[name], comma = _decimal(item[name], separator)
+                    commas = commas or comma
+                except ValueError as exc:
+                    problems.append((line, f"{name}: {exc}"))
+                    bad = True
+        if bad:
+            continue
+        try:
+            item["version"] = int(item["version"]) if "version" in item else version
+        except ValueError:
+            problems.append((line, "version: not a whole number"))
+            continue
+        try:
+            converted.append(convert_item(item))
+        except ValidationError as exc:
+            problems += [(line, f"{e.field}: {e.message}") for e in field_errors(exc, "")]
+            continue
+        except InvalidItem as exc:
+            problems.append((line, str(exc)))
+            continue
+        items.append(item)
+        lines.append(line)
     # the values of every line in one check: a column at a time, as the gateway checks a price.set
     problems += [(lines[index], f"{field}: {message}") for index, field, message in price_problems(converted)]
     if problems:
         problems.sort(key=lambda problem: problem[0])
         shown = [f"line {line}: {text}" for line, text in problems[:20]]
         shown += [f"... and {len(problems) - 20} more"] if len(problems) > 20 else []
-        bad = len({line for line, _ in problems})
-        raise HqError(f"{path}: {bad} bad lines, nothing sent:\n" + "\n".join(shown), 2)
+        bad_lines = len({line for line, _ in problems})
+        raise HqError(f"{path}: {bad_lines} bad lines, nothing sent:\n" + "\n".join(shown), 2)
     if not items:
         raise HqError(f"{path}: no price lines", 2)
-    return items
+    return PriceFile(items, CsvDialect(encoding, separator, "\r\n" in text, commas))
 
 
 def chunks(items: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -175,7 +298,9 @@ async def push_prices(
 ) -> PushSummary:
     """Send a price file as `price.set` commands and wait for every `command_result`."""
     check_topic_id("--store", store)
-    items = read_price_csv(path, version=int(time.time() * 1000))
+    price_file = read_price_csv(path, version=int(time.time() * 1000))
+    items = price_file.items
+    print(f"{path}: read as {price_file.dialect.describe()}", file=out)
     commands = [envelope("price.set", {"items": chunk}) for chunk in chunks(items, chunk_size)]
     if db is not None:
         topic = store_command_topic(broker.prefix, store, "price.set")
@@ -194,6 +319,9 @@ async def push_prices(
         done_bar = bar.add_task("answered", total=len(items))
         async with broker.client() as client:
             await client.subscribe(broker.store_topic(store, "events/command_result"), qos=1)
+            state = await _store_state(client, broker.store_topic(store, "gateway/state"))
+            if state is None:
+                print(f"hq: warning: {_never_connected(broker, store)}", file=sys.stderr)
             topic = store_command_topic(broker.prefix, store, "price.set")
             for command in commands:
                 await client.publish(topic, json.dumps(command).encode(), qos=1)
@@ -212,11 +340,12 @@ async def push_prices(
             except TimeoutError:
                 pass
     if pending:
-        print(
-            f"{len(pending)} of {len(commands)} commands not answered within {timeout_s:g} s: the broker holds them "
-            "and the gateway applies them when it is back online.",
-            file=out,
+        why = (
+            _never_connected(broker, store)
+            if state is None
+            else "the broker holds them and the gateway applies them when it is back online"
         )
+        print(f"{len(pending)} of {len(commands)} commands not answered within {timeout_s:g} s: {why}.", file=out)
     print(
         f"{len(items)} prices in {len(commands)} commands: applied {summary.applied} "
         f"(scheduled {summary.scheduled}), skipped {summary.skipped} as stale, "
@@ -275,8 +404,13 @@ async def send_command(
     if db is not None:
         await fleet.record_commands(db, [command], topic, store=store, group=group)
     async with broker.client() as client:
-        if store is not None and wait:
-            await client.subscribe(broker.store_topic(store, "events/command_result"), qos=1)
+        state: dict[str, Any] | None = None
+        if store is not None:
+            if wait:
+                await client.subscribe(broker.store_topic(store, "events/command_result"), qos=1)
+            state = await _store_state(client, broker.store_topic(store, "gateway/state"))
+            if state is None:
+                print(f"hq: warning: {_never_connected(broker, store)}", file=sys.stderr)
         await client.publish(topic, json.dumps(command).encode(), qos=1)
         if store is None or not wait:
             print(json.dumps({"sent": command["id"], "topic": topic}), file=out)
@@ -289,11 +423,38 @@ async def send_command(
                         print(json.dumps(event["data"], ensure_ascii=False), file=out)
                         return dict(event["data"])
         except TimeoutError:
-            raise HqError(
-                f"no command_result for {command['id']} within {timeout_s:g} s; the broker keeps the command "
-                "for the gateway's session",
-                1,
-            ) from None
+            if state is None:
+                why = _never_connected(broker, store)
+            elif state.get("state") == "online":
+                why = f"store {store} says it is online but has not answered yet"
+            else:
+                why = (
+                    f"store {store} is offline: the broker keeps the command in the store's session and the "
+                    "gateway applies it when it connects again"
+                )
+            raise HqError(f"no command_result for {command['id']} within {timeout_s:g} s; {why}", 1) from None
+    return None
+
+
+def _never_connected(broker: BrokerOptions, store: str) -> str:
+    return (
+        f"store {store} has never connected to this broker (no retained state on "
+        f"{broker.store_topic(store, 'gateway/state')}): the broker keeps commands only for a store whose session "
+        "it knows, so this command may never be delivered; check the store id and --prefix"
+    )
+
+
+async def _store_state(client: aiomqtt.Client, topic: str, wait_s: float = 2.0) -> dict[str, Any] | None:
+    """The store's retained gateway state (`online`/`offline`), or None if it never connected."""
+    await client.subscribe(topic, qos=1)
+    try:
+        async with asyncio.timeout(wait_s):  # a retained message comes right after the SUBACK
+            async for message in client.messages:
+                if str(message.topic) == topic and message.payload:
+                    state = json.loads(bytes(message.payload))
+                    return state if isinstance(state, dict) else None
+    except TimeoutError:
+        pass
     return None
 
 

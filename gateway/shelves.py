@@ -287,12 +287,11 @@ class ShelfService(Service):
 
         await self._restore()
         local = self.gateway.config.local_mqtt
-        password = local.password_file.read_text().strip() if local.password_file else None
         source = MqttSensors(
             local.url,
             {s.topic or "": s.id for s in sensors},
             username=local.username,
-            password=password,
+            password=local.password(),
             client_id=f"{self.gateway.config.client_id}-sensors",
             on_status=functools.partial(self._source_status, "local-mqtt", "broker", local.url),
         )

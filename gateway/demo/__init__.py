@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -164,15 +165,26 @@ async def _seed(config: Config, broker_url: str, directory: Path) -> None:
         await hq.send_command(broker, "label.assign", json.dumps(labels), store=STORE, group=None, out=quiet)
 
 
+def this_program() -> str:
+    """How to run this very program again from any shell, as pasted: no venv activated, any directory.
+
+    The console script by its absolute path, or `python -m gateway` with this interpreter's path.
+    """
+    script = Path(sys.argv[0])
+    if script.name == "__main__.py" or not script.exists():
+        return f"{shlex.quote(sys.executable)} -m gateway"
+    return shlex.quote(str(script.resolve()))
+
+
 def _instructions(directory: Path, broker: DemoBroker, scanner: DemoScanner) -> str:
-    me = "store-gateway"
-    d = directory
+    me = this_program()
+    d = shlex.quote(str(directory))
     return f"""
-store-gateway demo is running for store {STORE}. Everything it writes is under {d}/
+store-gateway demo is running for store {STORE}. Everything it writes is under {directory}/
 
   broker    {broker.url}  ({broker.kind}; head office and the in-store sensors use it)
-  labels    {d}/labels/*.png        (simulated label station)
-  prints    {d}/prints/             (simulated receipt printer: .txt and raw .bin per job)
+  labels    {directory}/labels/*.png        (simulated label station)
+  prints    {directory}/prints/             (simulated receipt printer: .txt and raw .bin per job)
   scanner   {scanner.tty}      (simulated price-check scanner)
 
 In another terminal, try:
@@ -181,7 +193,7 @@ In another terminal, try:
   {me} demo --dir {d} scan 3017620422003
   {me} hq --broker {broker.url} command --store {STORE} print '{{"printer": "till-1", "document": "test_page"}}'
   {me} status --config {d}/gateway.toml
-then open {d}/labels/ to see the new prices on the shelf labels.
+then open {directory}/labels/ to see the new prices on the shelf labels.
 
 Ctrl-C stops everything.
 """.rstrip()

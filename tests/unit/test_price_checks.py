@@ -266,7 +266,7 @@ def test_every_bad_line_of_a_price_csv_is_named_and_nothing_is_sent(tmp_path: Pa
     assert ("line 7", "gtin") in named and ("line 8", "currency") in named
     good = tmp_path / "good.csv"
     good.write_text("sku,price,currency,gtin\nA1,12.99,EUR,3017620422003\nA2,7,JPY,\n", encoding="utf-8")
-    assert read_price_csv(good, version=5) == [
+    assert read_price_csv(good, version=5).items == [
         {"sku": "A1", "price": "12.99", "currency": "EUR", "gtin": "3017620422003", "version": 5},
         {"sku": "A2", "price": "7", "currency": "JPY", "version": 5},
     ]

@@ -30,7 +30,7 @@ def test_verify_is_clean(tmp_path: Path) -> None:
     # verify wants ExecStart's binary to exist: point it at this environment's store-gateway
     binary = Path(sys.executable).parent / "store-gateway"
     copy = tmp_path / "store-gateway.service"
-    copy.write_text(UNIT.read_text().replace("/usr/bin/store-gateway", str(binary)))
+    copy.write_text(UNIT.read_text().replace("/opt/store-gateway/bin/store-gateway", str(binary)))
     done = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip() == "", done.stderr
