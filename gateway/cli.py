@@ -46,11 +46,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     setup_logging(config.logging.level)
     from gateway import daemon
-    from gateway.instance import AlreadyRunning
+    from gateway.instance import LockError
 
     try:
         return asyncio.run(daemon.run(config))
-    except AlreadyRunning as exc:
+    except LockError as exc:
         print(f"store-gateway: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -53,7 +53,7 @@ _STOP_BUDGET_S = 8.0
 async def run(config: Config, *, stop: asyncio.Event | None = None) -> int:
     """Run the gateway until `stop` is set or SIGTERM/SIGINT arrives; return the exit code.
 
-    Raises AlreadyRunning, before touching the state database, if another gateway runs on it.
+    Raises AlreadyRunning (a LockError), before touching the state database, if another gateway runs on it.
     """
     lock = InstanceLock(config.state.path)
     lock.acquire()

@@ -19,7 +19,11 @@ from pathlib import Path
 _WAIT_FOR_LOOKERS_S = 0.5
 
 
-class AlreadyRunning(RuntimeError):
+class LockError(RuntimeError):
+    """The gateway cannot take the state database for itself."""
+
+
+class AlreadyRunning(LockError):
     """Another gateway holds the state database."""
 
     def __init__(self, lock_path: Path, pid: int | None) -> None:
@@ -51,8 +55,11 @@ class InstanceLock:
 
     def acquire(self) -> None:
         """Take the lock, or raise AlreadyRunning at once (naming the holder's pid)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            raise LockError(f"state.path: cannot open the lock file {self.path}: {exc.strerror}") from None
         deadline = time.monotonic() + _WAIT_FOR_LOOKERS_S
         while True:
             try:

@@ -205,7 +205,13 @@ def render_text(report: dict[str, Any], zone: ZoneInfo) -> str:
         f"outbox       {box['depth']} events waiting"
         + (f", oldest {_age(box['oldest_age_s'])}" if box["depth"] else "")
         + f", last seq {box['last_seq']}",
-        "devices" + ("      none configured" if not report["devices"] else ""),
+        "devices"
+        + ("      none configured" if not report["devices"] else "")
+        + (
+            "      as last seen (the gateway is not running)"
+            if report["devices"] and gateway["state"] != "running"
+            else ""
+        ),
     ]
     for device in report["devices"]:
         detail = f" ({device['detail']})" if device["detail"] else ""

@@ -31,6 +31,7 @@ from typing import Any
 
 import aiomqtt
 
+from gateway import instance
 from gateway.config import Config, parse_config
 from gateway.demo.catalogue import demo_products, write_price_csv
 from gateway.demo.peers import SCAN_SOCKET, DemoPrinter, DemoScanner, simulate_shelf_sensor
@@ -281,6 +282,10 @@ def main(args: argparse.Namespace) -> int:
     setup_logging("WARNING")
     logging.getLogger("gateway").setLevel(logging.INFO)
     directory = directory.resolve()
+    running = instance.holder(directory / "state" / "state.db")
+    if running is not None:
+        print(f"demo: a demo is already running in {directory} (pid {running}); Ctrl-C it first", file=sys.stderr)
+        return 1
     for sub in ("labels", "prints", "state", "broker"):
         (directory / sub).mkdir(parents=True, exist_ok=True)
     try:

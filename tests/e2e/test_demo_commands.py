@@ -50,6 +50,11 @@ def test_the_printed_commands_work_as_pasted(tmp_path: Path) -> None:
                 assert "\t" in done.stdout and done.stdout.rstrip().endswith("€"), done.stdout  # name, tab, price
             if "status --config" in command:
                 assert re.search(r"gateway +running", done.stdout), done.stdout
+        second = subprocess.run(
+            [str(SCRIPT), "demo", "--dir", str(demo_dir)], capture_output=True, text=True, timeout=30
+        )  # one demo per folder: the second says so at once, and leaves the first alone
+        assert second.returncode == 1 and "a demo is already running in" in second.stderr, second.stderr
+        assert demo.poll() is None
     finally:
         demo.send_signal(signal.SIGINT)
         demo.wait(30)

@@ -194,3 +194,18 @@ def test_status_of_a_gateway_that_never_ran(tmp_path: Path, json_flag: list[str]
     done = cli("status", "--config", str(config), *json_flag)
     assert done.returncode == 1
     assert done.stderr.startswith("state.path: no state database at"), done.stderr
+
+
+def test_a_host_name_that_does_not_resolve_is_said(tmp_path: Path) -> None:
+    broker = SimpleNamespace(url="mqtt://store-gateway-test.invalid:1883", tls=None)  # .invalid never resolves
+    config = write_config(tmp_path, broker, store="dns1")
+    gateway = GatewayProcess(config, tmp_path / "gateway.log").start()
+    try:
+        report = wait_for(
+            lambda: (r := status_soon(config))["uplink"].get("last_error") and r, "DNS error in status", timeout=60
+        )
+    finally:
+        assert gateway.terminate() == 0
+    expected = "store-gateway-test.invalid:1883: the host name could not be resolved (DNS)"
+    assert report["uplink"]["last_error"] == expected
+    assert f"uplink: cannot connect to {expected}" in gateway.log
