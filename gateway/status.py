@@ -135,6 +135,9 @@ def collect(db_path: Path, config: Config | None = None) -> dict[str, Any]:
         raise FileNotFoundError(f"no state database at {db_path} (has the gateway ever run with this config?)")
     conn = connect(db_path, readonly=True)
     try:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
+            # a gateway starting for the first time has created the file but not its tables yet
+            raise FileNotFoundError(f"no state database at {db_path} yet (the gateway is creating it)")
         now = utc_now()
         gateway = _gateway(conn, db_path)
         report: dict[str, Any] = {
