@@ -554,8 +554,9 @@ async def push_prices_to_group(
     **options: Any,
 ) -> fleet.GroupReport:
     """A price file as `price.set` commands on the group's topic, followed store by store."""
-    items = read_price_csv(path, version=int(time.time() * 1000))
-    commands = [envelope("price.set", {"items": chunk}) for chunk in chunks(items, chunk_size)]
+    price_file = read_price_csv(path, version=int(time.time() * 1000))
+    print(f"{path}: read as {price_file.dialect.describe()}", file=options.get("out", sys.stdout))
+    commands = [envelope("price.set", {"items": chunk}) for chunk in chunks(price_file.items, chunk_size)]
     return await push_to_group(broker, group, commands, stores, **options)
 
 
