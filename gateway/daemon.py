@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from gateway import __version__, systemd
 from gateway.bus import Bus
+from gateway.clock import WallClock, last_recorded
 from gateway.commands import Dispatcher
 from gateway.config import Config
 from gateway.db import StateDB, set_meta
@@ -80,8 +81,11 @@ async def _run(config: Config, stop: asyncio.Event) -> int:
         set_meta(conn, "daemon.state", "running")
         set_meta(conn, "store.id", config.store.id)
 
+    reference = await db.read(last_recorded)  # before this start records anything with the clock it has now
     await db.write(record_start)
     gateway = Gateway(config, db, Bus(), Dispatcher(config.uplink.max_command_bytes), Supervisor(db))
+    clock = WallClock(gateway.bus, reference)
+    gateway.add_task("clock", clock.watch)
     services = [make(gateway) for make in SERVICES]
     for service in services:
         service.setup()

@@ -27,6 +27,7 @@ from pydantic import Field
 
 from gateway import outbox, stock
 from gateway.bus import Transaction
+from gateway.clock import ClockStepped
 from gateway.commands import CommandContext, CommandModel, CommandRejected, FieldError, Outcome
 from gateway.domain import DocumentRefused, FlashRequest, PickupScan, PrintRequest, Sku
 from gateway.pricing import get_price
@@ -341,6 +342,7 @@ class OrderService(Service):
         self.gateway.bus.serve(PickupScan, self.pickup_scan)
         self._changed = asyncio.Event()
         self.gateway.bus.subscribe(OrdersChanged, self._on_changed)
+        self.gateway.bus.subscribe(ClockStepped, self._on_clock_step)  # expiries are wall-clock instants
         self.gateway.add_task("orders:expiry", self.run_expiry)
 
     def handle_reserve(self, context: CommandContext, data: OrderReserve) -> Outcome:
@@ -383,6 +385,9 @@ class OrderService(Service):
             log.warning("orders: %s for order %s not printed: %s", document, ref, exc)
 
     async def _on_changed(self, signal: OrdersChanged) -> None:
+        self._changed.set()
+
+    async def _on_clock_step(self, _signal: ClockStepped) -> None:
         self._changed.set()
 
     async def run_expiry(self) -> None:

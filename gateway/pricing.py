@@ -23,6 +23,7 @@ import msgspec
 from pydantic import ConfigDict, Field, TypeAdapter, with_config
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
+from gateway.clock import ClockStepped
 from gateway.commands import CommandContext, CommandModel, CommandRejected, FieldError, Outcome, msgspec_error
 from gateway.domain import MAX_ITEMS, Price, PricesChanged, PricesScheduled, Sku
 from gateway.money import exponent, is_currency_code, to_minor
@@ -592,9 +593,10 @@ class PricingService(Service):
         self.gateway.dispatcher.register("price.set", PriceSet, handle_price_set)
         self._schedule_changed = asyncio.Event()
         self.gateway.bus.subscribe(PricesScheduled, self._on_scheduled)
+        self.gateway.bus.subscribe(ClockStepped, self._on_scheduled)  # due instants are wall-clock instants
         self.gateway.add_task("price-scheduler", self.run_scheduler)
 
-    async def _on_scheduled(self, _signal: PricesScheduled) -> None:
+    async def _on_scheduled(self, _signal: PricesScheduled | ClockStepped) -> None:
         self._schedule_changed.set()
 
     async def run_scheduler(self) -> None:
