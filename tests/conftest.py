@@ -11,8 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.peers import nats as nats_peer
+from tests.peers import rabbitmq as rabbitmq_peer
+from tests.peers.brokers import HQ_USER, STORE_GROUPS, STORE_PASSWORDS, MqttBroker
 from tests.peers.mosquitto import MosquittoBroker, make_tls_files, require_mosquitto
+from tests.peers.nats import NatsServer, NatsUser
 from tests.peers.postgres import PostgresServer
+from tests.peers.rabbitmq import RabbitMQBroker, RabbitUser
 
 _counter = itertools.count()
 
@@ -58,6 +63,52 @@ def mosquitto_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Call
 def own_mosquitto(mosquitto_factory: Callable[..., MosquittoBroker]) -> MosquittoBroker:
     """A plain broker for this test alone, free to stop, kill and restart."""
     return mosquitto_factory()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQBroker]:
+    """One RabbitMQ 3 node with rabbitmq_mqtt (durable session queues) for the whole session, started on
+    first use. Anonymous clients are `guest`; the per-store users of docs/brokers.md are there too."""
+    users = [RabbitUser(*HQ_USER)] + [
+        rabbitmq_peer.store_user(store, password, groups=STORE_GROUPS[store])
+        for store, password in STORE_PASSWORDS.items()
+    ]
+    broker = RabbitMQBroker(tmp_path_factory.mktemp("rabbitmq"), users=users).start()
+    yield broker
+    broker.close()
+
+
+@pytest.fixture(scope="session")
+def nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """One nats-server with JetStream and MQTT for the whole session, started on first use. Anonymous
+    clients are `guest`; the per-store users of docs/brokers.md are there too."""
+    users = [NatsUser(*HQ_USER)] + [
+        nats_peer.store_user(store, password, groups=STORE_GROUPS[store]) for store, password in STORE_PASSWORDS.items()
+    ]
+    server = NatsServer(tmp_path_factory.mktemp("nats"), users=users).start()
+    yield server
+    server.close()
+
+
+BROKERS = ["mosquitto", "rabbitmq", "nats"]
+
+
+@pytest.fixture(params=BROKERS)
+def uplink_broker(request: pytest.FixtureRequest) -> MqttBroker:
+    """Each head-office broker the gateway must work with, shared by the session: do not stop it."""
+    broker: MqttBroker = request.getfixturevalue(str(request.param))
+    return broker
+
+
+@pytest.fixture(params=BROKERS)
+def restartable_broker(request: pytest.FixtureRequest) -> Iterator[MqttBroker]:
+    """Each head-office broker, free to stop, kill and start again within the test (a Mosquitto of the
+    test's own; RabbitMQ and NATS are the session's, too slow to start per test, and come back with
+    their data)."""
+    name = "own_mosquitto" if request.param == "mosquitto" else str(request.param)
+    broker: MqttBroker = request.getfixturevalue(name)
+    yield broker
+    broker.start()  # running again for the tests after this one, whatever this one did
 
 
 @pytest.fixture

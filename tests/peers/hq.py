@@ -24,14 +24,14 @@ import aiomqtt
 from gateway.config import Config, load_config
 from gateway.schema import validate_event
 from gateway.topics import store_command_topic
-from tests.peers.mosquitto import MosquittoBroker
+from tests.peers.brokers import MqttBroker
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def write_config(
     directory: Path,
-    broker: MosquittoBroker,
+    broker: MqttBroker,
     *,
     store: str = "0042",
     extra: str = "",
@@ -135,7 +135,7 @@ class HeadOffice:
 
 @contextlib.asynccontextmanager
 async def head_office(
-    broker: MosquittoBroker, store: str = "0042", *, client_id: str | None = None, **kwargs: Any
+    broker: MqttBroker, store: str = "0042", *, client_id: str | None = None, **kwargs: Any
 ) -> AsyncIterator[HeadOffice]:
     """Connect as head office and collect events of `store` until the block ends."""
     tls_context = None

@@ -62,6 +62,8 @@ class MosquittoBroker:
     process: subprocess.Popen[bytes] | None = None
 
     host = "127.0.0.1"
+    kind = "mosquitto"
+    mqtt5 = True
 
     @property
     def url(self) -> str:
