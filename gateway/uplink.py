@@ -74,7 +74,7 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
 class LinkFailure:
     """Why the link to the broker failed, in words a technician can act on."""
 
-    kind: str  # refused | dns | tls | timeout | auth | taken_over | closed | keepalive | puback | other
+    kind: str  # refused | dns | tls | timeout | auth | protocol | taken_over | closed | keepalive | puback | other
     text: str
 
 
@@ -95,13 +95,43 @@ def _innermost(error: BaseException) -> BaseException:
     return error
 
 
-def describe_failure(error: BaseException, client_id: str, keepalive_s: int) -> LinkFailure:
-    """What broke the link, from the adapter's `LinkError` (the broker's reason code or the socket's error)."""
+_NO_MQTT5 = (
+    'the broker does not speak MQTT 5 (uplink.protocol = "5"); RabbitMQ 3 and NATS 2 speak only MQTT 3.1.1: '
+    'set uplink.protocol = "3.1.1"'
+)
+
+
+def describe_failure(
+    error: BaseException, client_id: str, keepalive_s: int, *, protocol: str = "3.1.1", connecting: bool = False
+) -> LinkFailure:
+    """What broke the link, from the adapter's `LinkError` (the broker's reason code or the socket's error).
+
+    `connecting`: no CONNACK came yet. A broker without MQTT 5 either answers an MQTT 5 CONNECT with
+    "unsupported protocol version" (NATS) or closes the connection without a word (RabbitMQ); the
+    second looks like any lost connection, so with protocol 5 it is named as the likely cause.
+    """
+    failure = _describe(error, client_id, keepalive_s)
+    if protocol != "5":
+        return failure
+    if failure.kind == "protocol":
+        return LinkFailure("protocol", _NO_MQTT5)
+    if connecting and failure.kind in ("closed", "timeout"):
+        return LinkFailure(
+            "protocol",
+            f"{failure.text} before answering our MQTT 5 CONNECT: the broker probably does not speak MQTT 5 "
+            '(RabbitMQ 3 and NATS 2 speak only MQTT 3.1.1); set uplink.protocol = "3.1.1"',
+        )
+    return failure
+
+
+def _describe(error: BaseException, client_id: str, keepalive_s: int) -> LinkFailure:
     error = _innermost(error)
     reason = getattr(error, "reason", None)
     if isinstance(reason, ReasonCode):
         code = reason.value
         if reason.packetType == PacketTypes.CONNACK:
+            if code == 132:  # Unsupported Protocol Version (3.1.1's return code 1)
+                return LinkFailure("protocol", _CONNACK_WORDS[132])
             return LinkFailure("auth" if code in (134, 135) else "refused", _CONNACK_WORDS.get(code, str(error)))
         if code == 142:
             return LinkFailure(
@@ -263,7 +293,14 @@ class Uplink:
             except* LinkError as group:
                 lived = None if connected_at is None else loop.time() - connected_at
                 self._set_state("offline")
-                self._failed(describe_failure(group, self.config.client_id, self.config.uplink.keepalive_s), lived)
+                failure = describe_failure(
+                    group,
+                    self.config.client_id,
+                    self.config.uplink.keepalive_s,
+                    protocol=self.config.uplink.protocol,
+                    connecting=connected_at is None,
+                )
+                self._failed(failure, lived)
             finally:
                 if stable is not None:
                     stable.cancel()
