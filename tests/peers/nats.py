@@ -36,6 +36,7 @@ class NatsUser:
     password: str
     publish: tuple[str, ...] | None = None
     subscribe: tuple[str, ...] | None = None
+    connection_types: tuple[str, ...] | None = None  # e.g. ("MQTT",): no core NATS or websocket logins
 
 
 @dataclass
@@ -72,14 +73,17 @@ class NatsServer:
     def _write_config(self) -> Path:
         store = self.workdir / "jetstream"
         store.mkdir(parents=True, exist_ok=True)
-        users = [{"user": "guest", "password": "guest"}]
+        users: list[dict[str, object]] = [{"user": "guest", "password": "guest"}]
         for user in self.users:
             permissions: dict[str, object] = {}
             if user.publish is not None:
                 permissions["publish"] = {"allow": list(user.publish)}
             if user.subscribe is not None:
                 permissions["subscribe"] = {"allow": list(user.subscribe)}
-            users.append({"user": user.name, "password": user.password, "permissions": permissions})
+            entry: dict[str, object] = {"user": user.name, "password": user.password, "permissions": permissions}
+            if user.connection_types is not None:
+                entry["allowed_connection_types"] = list(user.connection_types)
+            users.append(entry)
         # the NATS config format accepts JSON values, so json.dumps quotes every name and subject safely
         text = f"""
 server_name: {json.dumps(self.name)}
@@ -159,7 +163,12 @@ def require_nats() -> None:
 
 
 def store_user(store: str, password: str, *, groups: tuple[str, ...] = (), prefix: str = "retail") -> NatsUser:
-    """The per-store user of docs/brokers.md: publishes only its own events and state, reads only its commands."""
+    """The per-store user of docs/brokers.md: publishes only its own events and state, reads only its commands.
+
+    QoS 1 subscriptions are JetStream consumers that deliver on `$MQTT.sub.<random>`: the user needs
+    that subject, and may log in over MQTT only, so it cannot subscribe to another session's delivery
+    subject with a core NATS client.
+    """
     return NatsUser(
         name=f"store-{store}",
         password=password,
@@ -168,5 +177,13 @@ def store_user(store: str, password: str, *, groups: tuple[str, ...] = (), prefi
             f"{prefix}.stores.{store}.gateway.state",
             f"{prefix}.stores.{store}.devices.>",
         ),
-        subscribe=(f"{prefix}.stores.{store}.commands.>", *(f"{prefix}.groups.{g}.commands.>" for g in groups)),
+        # MQTT's `a/#` is the subjects `a` and `a.>`: both are allowed
+        subscribe=(
+            f"{prefix}.stores.{store}.commands",
+            f"{prefix}.stores.{store}.commands.>",
+            *(f"{prefix}.groups.{g}.commands" for g in groups),
+            *(f"{prefix}.groups.{g}.commands.>" for g in groups),
+            "$MQTT.sub.>",
+        ),
+        connection_types=("MQTT",),
     )

@@ -170,6 +170,7 @@ class RabbitMQBroker:
             "mqtt.vhost = /",
             "mqtt.exchange = amq.topic",
             f"mqtt.durable_queue_type = {self.durable_queue_type}",
+            "mqtt.subscription_ttl = 604800000",  # an offline store keeps its commands 7 days (default 1)
             f"load_definitions = {definitions}",
             "log.file.level = info",
             "log.console = false",
