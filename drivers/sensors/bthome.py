@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bleak import BleakScanner
 from bleak.exc import BleakDBusError, BleakError
@@ -24,6 +24,9 @@ from bthome_ble import BTHomeBluetoothDeviceData
 from habluetooth import BluetoothServiceInfoBleak
 
 from drivers.sensors import SensorReading, SourceStatus
+
+if TYPE_CHECKING:
+    from drivers.bluetooth import BluetoothAdapter
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,10 @@ class BthomeSensors:
         *,
         passive: bool = False,
         on_status: Callable[[SourceStatus], None] | None = None,
+        adapter: BluetoothAdapter | None = None,
     ) -> None:
+        """`adapter`: share that adapter's scanner (with BLE label stations) instead of scanning alone."""
+        self.adapter = adapter
         self.sensors = {s.address.upper(): s for s in sensors}
         self.passive = passive
         self.on_status = on_status
@@ -102,6 +108,17 @@ class BthomeSensors:
             if reading is not None:
                 queue.put_nowait(reading)
 
+        if self.adapter is not None:  # the adapter's owner scans, between label uploads
+            await self.adapter.start()
+            unsubscribe = self.adapter.subscribe(detected)
+            try:
+                if self.on_status is not None:
+                    self.on_status(SourceStatus(True))
+                while True:
+                    yield await queue.get()
+            finally:
+                unsubscribe()
+                await self.adapter.close()
         options: dict[str, Any] = {"detection_callback": detected}
         if self.passive:
             from bleak.assigned_numbers import AdvertisementDataType
