@@ -8,6 +8,7 @@ import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -18,6 +19,9 @@ from tests.peers.mosquitto import MosquittoBroker, make_tls_files, require_mosqu
 from tests.peers.nats import NatsServer, NatsUser
 from tests.peers.postgres import PostgresServer
 from tests.peers.rabbitmq import RabbitMQBroker, RabbitUser
+
+if TYPE_CHECKING:
+    from tests.peers.bluez import FakeBlueZ
 
 _counter = itertools.count()
 
@@ -137,3 +141,17 @@ def postgres() -> Iterator[PostgresServer]:
 def pg_dsn(postgres: PostgresServer) -> str:
     """A fresh, empty database on the session's PostgreSQL."""
     return postgres.create_database()
+
+
+@pytest.fixture
+def bluez(tmp_path: Path) -> Iterator[FakeBlueZ]:
+    """An emulated BlueZ on a private D-Bus: BTHome advertisements, and BLE shelf tags with a GATT server."""
+    if shutil.which("dbus-daemon") is None:
+        pytest.skip("dbus-daemon missing (Debian: dbus-daemon)")
+    from tests.peers.bluez import FakeBlueZ
+
+    directory = tmp_path / "bluez"
+    directory.mkdir()
+    fake = FakeBlueZ(directory).start()
+    yield fake
+    fake.stop()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -18,13 +16,6 @@ pytestmark = pytest.mark.skipif(shutil.which("dbus-daemon") is None, reason="dbu
 SCALE = "A4:C1:38:8D:18:B2"
 SECRET_SCALE = "A4:C1:38:00:00:01"
 KEY = bytes.fromhex("231d39c1d7cc1ab1aee224cd096db932")
-
-
-@pytest.fixture
-def bluez(tmp_path: Path) -> Iterator[FakeBlueZ]:
-    fake = FakeBlueZ(tmp_path).start()
-    yield fake
-    fake.stop()
 
 
 async def test_plain_and_encrypted_frames_and_repeats(bluez: FakeBlueZ) -> None:

@@ -9,17 +9,22 @@ plain and AES-CCM encrypted. Test-only code (python-dbusmock is a test dependenc
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import os
 import struct
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import dbus
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
 BTHOME_UUID = "0000fcd2-0000-1000-8000-00805f9b34fb"
+TEMPLATE = Path(__file__).with_name("bluez_template.py")
 
 _CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -77,10 +82,19 @@ class FakeBlueZ:
         self.address = self._daemon.stdout.readline().decode().strip()
         env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self.address)
         self._mock = subprocess.Popen(
-            [sys.executable, "-m", "dbusmock", "--system", "--template", "bluez5"],
+            [
+                sys.executable,
+                "-m",
+                "dbusmock",
+                "--system",
+                "--template",
+                str(TEMPLATE),
+                "--parameters",
+                json.dumps({"state_dir": str(self.directory)}),
+            ],
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=(self.directory / "bluez-mock.log").open("wb"),  # the mock's tracebacks, when a tag misbehaves
         )
         self._bus = dbus.bus.BusConnection(self.address)
         deadline = time.monotonic() + 15
@@ -140,6 +154,53 @@ class FakeBlueZ:
             dbus.Dictionary({"RSSI": dbus.Int16(rssi), "ServiceData": data}, signature="sv"),
             dbus_interface="org.freedesktop.DBus.Mock",
         )
+
+    def add_tag(self, mac: str, protocol: str, rssi: int = -60, **options: int) -> None:
+        """A Bluetooth shelf tag (`atc_oepl` or `gicisky`) that advertises and accepts a connection.
+
+        Options: atc_oepl `width`, `height`, `colors`, `hw_type`; gicisky `model`; both `battery_mv`.
+        """
+        values = {key: dbus.Int32(value) for key, value in options.items()}
+        values["rssi"] = dbus.Int32(rssi)
+        self._root().AddTag(mac, protocol, dbus.Dictionary(values, signature="sv"), dbus_interface="org.bluez.Mock")
+
+    def tag_behaviour(self, mac: str, name: str, value: int | bool) -> None:
+        """`drop_after_parts` (int), `drop_at_block` (int), `refuse` (bool), `refuse_connect` (bool)."""
+        variant = dbus.Boolean(value) if isinstance(value, bool) else dbus.Int32(value)
+        self._root().SetTagBehaviour(mac, name, variant, dbus_interface="org.bluez.Mock")
+
+    def tag_advertises(self, mac: str, **changes: int) -> None:
+        """One more advertisement of the tag; `rssi=` and `battery_mv=` change what it says from now on."""
+        options = dbus.Dictionary({key: dbus.Int32(value) for key, value in changes.items()}, signature="sv")
+        self._root().TagAdvertises(mac, options, dbus_interface="org.bluez.Mock")
+
+    @contextlib.asynccontextmanager
+    async def tags_advertising(self, macs: list[str], every_s: float = 0.5) -> AsyncIterator[None]:
+        """The tags advertise every `every_s` while the block runs, as real tags do (a scanner that
+        starts later hears them at their next advertisement, not from BlueZ's cache)."""
+
+        async def advertise() -> None:
+            while True:
+                for mac in macs:
+                    self.tag_advertises(mac)
+                await asyncio.sleep(every_s)
+
+        task = asyncio.create_task(advertise())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def shown(self, mac: str) -> Path:
+        """The PNG of what the tag displays (absent until it has shown an image)."""
+        return self.directory / f"{mac.replace(':', '').upper()}.png"
+
+    def tag_log(self, mac: str) -> list[str]:
+        """What happened to the tag, one line each: connect, ack, shown, led on, dropped..."""
+        path = self.directory / f"{mac.replace(':', '').upper()}.log"
+        return path.read_text().splitlines() if path.exists() else []
 
     def stop(self) -> None:
         if self._previous_env is None:
