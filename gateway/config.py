@@ -274,12 +274,14 @@ class CodesConfig(_Section):
 
 
 class LabelStationConfig(_Section):
-    """[[label_stations]]: an OpenEPaperLink access point, the PNG simulator, or BLE (not yet)."""
+    """[[label_stations]]: an OpenEPaperLink access point, the PNG simulator, or Bluetooth tags (ble)."""
 
     id: DeviceId
     backend: Literal["openepaperlink", "simulator", "ble"]
     url: str | None = None
     directory: Path | None = None
+    adapter: Annotated[str, Field(pattern=r"^hci[0-9]{1,2}$")] = "hci0"
+    protocol: Literal["atc_oepl", "gicisky"] | None = None
     max_in_flight: Annotated[int, Field(ge=1, le=256)] = 8
     retries: Annotated[int, Field(ge=0, le=20)] = 3
     confirm_timeout_s: Annotated[float, Field(gt=0)] = 900.0
@@ -292,7 +294,19 @@ class LabelStationConfig(_Section):
             raise ValueError('openepaperlink needs url = "http://<access point>"')
         if self.backend == "simulator" and self.directory is None:
             raise ValueError('simulator needs directory = "/path/for/pngs"')
+        if self.backend == "ble" and self.protocol is None:
+            raise ValueError('ble needs protocol = "atc_oepl" or "gicisky" (the tags\' firmware)')
+        if self.backend != "ble" and self.protocol is not None:
+            raise ValueError(f'protocol is for ble stations only, not "{self.backend}"')
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ble_one_at_a_time(cls, data: Any) -> Any:
+        # one connection at a time: a BLE label is `sent` when its upload starts, not while it waits
+        if isinstance(data, dict) and data.get("backend") == "ble" and "max_in_flight" not in data:
+            return {**data, "max_in_flight": 1}
+        return data
 
 
 class SensorConfig(_Section):
@@ -515,6 +529,8 @@ def summary(config: Config) -> str:
         lines.append(f"scanner    {scanner.id:<16} {scanner.port} @{scanner.baudrate}  mode {scanner.mode}")
     for station in config.label_stations:
         where = station.url or str(station.directory)
+        if station.backend == "ble":
+            where = f"{station.adapter}  {station.protocol} tags"
         lines.append(f"labels     {station.id:<16} {station.backend}  {where}")
     for sensor in config.sensors:
         where = sensor.topic or sensor.address or ""

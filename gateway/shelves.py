@@ -312,7 +312,17 @@ class ShelfService(Service):
 
                 key = bytes.fromhex(os.environ[sensor.bind_key_env])
             configured.append(BthomeSensor(sensor.id, sensor.address or "", key))
-        source = BthomeSensors(configured, on_status=functools.partial(self._source_status, "ble", "adapter", "BlueZ"))
+        adapter = None
+        stations = self.gateway.config.label_stations
+        if any(s.backend == "ble" and s.adapter == "hci0" for s in stations):
+            from drivers.bluetooth import shared_adapter
+
+            adapter = shared_adapter("hci0")  # BLE tags on the same radio: one scanner, turns with their uploads
+        source = BthomeSensors(
+            configured,
+            on_status=functools.partial(self._source_status, "ble", "adapter", "BlueZ"),
+            adapter=adapter,
+        )
         async for reading in source.readings():
             await self.handle(reading)
 

@@ -9,7 +9,7 @@ transaction. These are plain functions over a connection; the async label servic
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -295,8 +295,22 @@ def make_assign_handler(stations: dict[str, Any]) -> Any:
     return handle
 
 
-def handle_flash(context: CommandContext, data: LabelFlash) -> Outcome:
-    """The `label.flash` command: by label, or every label of a sku."""
+def labels_of_station(conn: sqlite3.Connection, station: str) -> list[str]:
+    """The ids of the labels assigned on a station."""
+    return [row[0] for row in conn.execute("SELECT label FROM labels WHERE station = ?", (station,))]
+
+
+def make_flash_handler(stations: dict[str, Any]) -> Any:
+    """The `label.flash` handler; a label on a station whose tags have no LED is refused, by name."""
+
+    def handle(context: CommandContext, data: LabelFlash) -> Outcome:
+        return handle_flash(context, data, lit=lambda station: bool(getattr(stations.get(station), "has_led", True)))
+
+    return handle
+
+
+def handle_flash(context: CommandContext, data: LabelFlash, lit: Callable[[str], bool] | None = None) -> Outcome:
+    """The `label.flash` command: by label, or every label of a sku (those with an LED)."""
     if data.label is None and data.sku is None:
         raise CommandRejected([FieldError("data", "give label or sku")])
     if data.label is not None:
@@ -311,6 +325,13 @@ def handle_flash(context: CommandContext, data: LabelFlash) -> Outcome:
         keys = labels_for_skus(context.conn, [data.sku or ""])
         if not keys:
             raise CommandRejected([FieldError("data.sku", f'no label shows sku "{data.sku}"')])
+    if lit is not None:
+        dark = [key for key in keys if not lit(key[0])]
+        keys = [key for key in keys if lit(key[0])]
+        if not keys:
+            field = "data.label" if data.label is not None else "data.sku"
+            where = ", ".join(sorted({f"{label} on {station}" for station, label in dark}))
+            raise CommandRejected([FieldError(field, f"no LED to flash: the tags of {where} have none")])
     context.after_commit(FlashRequested(tuple(keys), data.color, data.seconds))
     return Outcome(applied=len(keys))
 

@@ -25,7 +25,7 @@ import sqlite3
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from drivers.labels import LabelNotFound, LabelStation, TagInfo
 from gateway import devices
@@ -46,7 +46,8 @@ if TYPE_CHECKING:  # Pillow is loaded when the first label is rendered, not at s
 
 log = logging.getLogger(__name__)
 
-_RETRY_DELAY_S = 2.0
+_RETRY_DELAY_S = 2.0  # doubled for each failed try of the same image, up to 32x
+_HEALTH_INTERVAL_S = 900.0  # a tag's battery and signal are reported at most this often, unless its battery falls
 
 
 def make_station(config: LabelStationConfig) -> LabelStation:
@@ -63,9 +64,18 @@ def make_station(config: LabelStationConfig) -> LabelStation:
 
         assert config.url is not None
         return OpenEPaperLinkStation(config.url, name=config.id)
-    from drivers.labels.ble import BluetoothEslStation
+    from drivers.bluetooth import shared_adapter
+    from drivers.labels.ble import BleLabelStation
 
-    return BluetoothEslStation()  # type: ignore[return-value]  # raises: not available
+    assert config.protocol is not None
+    return BleLabelStation(shared_adapter(config.adapter), config.protocol, name=config.id)
+
+
+def station_address(config: LabelStationConfig) -> str:
+    """Where the station is, for log lines: its URL, folder, or Bluetooth adapter."""
+    if config.backend == "ble":
+        return f"{config.adapter}, {config.protocol} tags"
+    return config.url or str(config.directory)
 
 
 @dataclass
@@ -145,11 +155,11 @@ class LabelService(Service):
             self.gateway.add_task(
                 f"labels:{config.id}",
                 functools.partial(self.run_station, config.id),
-                Device(config.id, "label_station", config.url or str(config.directory)),
+                Device(config.id, "label_station", station_address(config)),
             )
         stations = {sid: queue.station for sid, queue in self.queues.items()}
         self.gateway.dispatcher.register("label.assign", plan.LabelAssign, plan.make_assign_handler(stations))
-        self.gateway.dispatcher.register("label.flash", plan.LabelFlash, plan.handle_flash)
+        self.gateway.dispatcher.register("label.flash", plan.LabelFlash, plan.make_flash_handler(stations))
         self.gateway.bus.subscribe(PricesChanged, self._on_prices)
         self.gateway.bus.subscribe(PricesScheduled, self._on_scheduled)
         self.gateway.bus.subscribe(plan.LabelsToPlan, self._on_labels)
@@ -288,11 +298,13 @@ class LabelService(Service):
                     device=station_id,
                     kind="label_station",
                     status="online",
-                    address=queue.config.url or str(queue.config.directory),
+                    address=station_address(queue.config),
                 )
             )
             async with asyncio.TaskGroup() as group:
                 group.create_task(station.listen(), name=f"labels:{station_id}:listen")
+                if hasattr(queue.station, "health"):  # Bluetooth tags: battery and signal as device status
+                    group.create_task(self._tag_health(queue), name=f"labels:{station_id}:health")
                 group.create_task(self._send(queue), name=f"labels:{station_id}:send")
                 group.create_task(self._receive(queue), name=f"labels:{station_id}:reports")
                 group.create_task(self._watch_timeouts(queue), name=f"labels:{station_id}:timeouts")
@@ -387,13 +399,45 @@ class LabelService(Service):
         )
         if retry:
             loop = asyncio.get_running_loop()
+            rows = await self.gateway.db.read(functools.partial(plan.get_labels, keys=[key]))
+            tries = rows[0].attempts if rows else 1
 
             def again() -> None:
                 if label not in queue.waiting:
                     queue.put(label, image, content_hash)
 
-            loop.call_later(_RETRY_DELAY_S, again)
+            loop.call_later(_RETRY_DELAY_S * 2 ** min(max(tries - 1, 0), 5), again)
         queue.ready.set()
+
+    async def _tag_health(self, queue: StationQueue) -> None:
+        """Battery and signal of the station's tags as `device` status (kind "label", id the label's)."""
+        station: Any = queue.station
+        station_id = queue.config.id
+        labels = await self.gateway.db.read(functools.partial(plan.labels_of_station, station=station_id))
+        station.track(labels)
+        loop = asyncio.get_running_loop()
+        last: dict[str, tuple[float, int | None]] = {}
+        async for health in station.health():
+            battery = health.battery_pct
+            previous = last.get(health.label_id)
+            lower = previous is not None and battery is not None and (previous[1] or 101) - battery >= 5
+            if previous is not None and not lower and loop.time() - previous[0] < _HEALTH_INTERVAL_S:
+                continue
+            last[health.label_id] = (loop.time(), battery)
+            parts = [f"battery {battery}%" if battery is not None else "battery unknown"]
+            if health.voltage is not None:
+                parts[0] += f" ({health.voltage:.2f} V)"
+            if health.rssi is not None:
+                parts.append(f"signal {health.rssi} dBm")
+            await self.gateway.db.write(
+                functools.partial(
+                    devices.report,
+                    device=health.label_id,
+                    kind="label",
+                    status="online",
+                    detail=f"{station_id}: " + ", ".join(parts),
+                )
+            )
 
     async def _watch_timeouts(self, queue: StationQueue) -> None:
         loop = asyncio.get_running_loop()

@@ -66,6 +66,29 @@ BAD = [
     ("unknown scan mode", ('mode = "count"', 'mode = "counting"'), "scanners[1].mode:"),
     ("simulator without directory", ('directory = "{tmp}/labels"', ""), "label_stations[0]: simulator needs directory"),
     (
+        "ble without protocol",
+        ('backend = "simulator"\ndirectory = "{tmp}/labels"', 'backend = "ble"'),
+        "label_stations[0]: ble needs protocol",
+    ),
+    (
+        "ble adapter typo",
+        (
+            'backend = "simulator"\ndirectory = "{tmp}/labels"',
+            'backend = "ble"\nprotocol = "atc_oepl"\nadapter = "bt0"',
+        ),
+        "label_stations[0].adapter:",
+    ),
+    (
+        "unknown ble protocol",
+        ('backend = "simulator"\ndirectory = "{tmp}/labels"', 'backend = "ble"\nprotocol = "esl"'),
+        "label_stations[0].protocol:",
+    ),
+    (
+        "protocol on a simulator",
+        ('directory = "{tmp}/labels"', 'directory = "{tmp}/labels"\nprotocol = "gicisky"'),
+        "label_stations[0]: protocol is for ble stations only",
+    ),
+    (
         "shelf on an unknown sensor",
         ('sensor = "shelf-a1"', 'sensor = "shelf-zz"'),
         'shelves[0].sensor: no sensor with id "shelf-zz"',
@@ -146,6 +169,15 @@ def test_good_file_passes_with_a_summary(tmp_path: Path) -> None:
     done = check_config(path)
     assert done.returncode == 0, done.stderr
     assert "0042" in done.stdout and "till-1" in done.stdout and "configuration OK" in done.stdout
+
+
+def test_a_ble_station_passes_with_its_adapter_and_protocol(tmp_path: Path) -> None:
+    path = tmp_path / "ble.toml"
+    text = GOOD.replace('backend = "simulator"\ndirectory = "{tmp}/labels"', 'backend = "ble"\nprotocol = "gicisky"')
+    path.write_text(text.replace("{tmp}", str(tmp_path)))
+    done = check_config(path)
+    assert done.returncode == 0, done.stderr
+    assert "sim-1            ble  hci0  gicisky tags" in done.stdout
 
 
 def test_the_example_config_passes() -> None:
