@@ -2,7 +2,8 @@
 
 One interface for the family (`LabelStation`), one module per transport: `openepaperlink` (an
 OpenEPaperLink access point over HTTP and its websocket), `simulator` (PNG files in a folder) and
-`ble` (the Bluetooth ESL profile; an interface point, not available yet). The gateway hands a
+`ble` (Bluetooth-only tags through the box's adapter: ATC BLE OpenEPaperLink or Gicisky firmware;
+the Bluetooth SIG's ESL profile is not supported, see ble.py). The gateway hands a
 station a palette image at the tag's resolution and a token (its content hash); the station
 reports, per label, `confirmed` (the tag shows it), `same_image` (it already did) or `failed`.
 """
