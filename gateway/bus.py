@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 from gateway.domain import Request
+from gateway.storage import StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ class Bus:
     async def _run(self, callback: Subscriber, signal: object) -> None:
         try:
             await callback(signal)
+        except StorageFull:  # counted by the state database and reported once space returns
+            log.debug("subscriber %s: the disk is full", getattr(callback, "__qualname__", callback))
         except Exception:
             log.exception("subscriber %s failed on %s", getattr(callback, "__qualname__", callback), signal)
 

@@ -30,6 +30,7 @@ from gateway.scanning import ScanningService
 from gateway.service import Gateway, Service
 from gateway.shelves import ShelfService
 from gateway.stock import StockService
+from gateway.storage import StorageFull
 from gateway.supervisor import Supervisor
 from gateway.timeutil import rfc3339, utc_now
 from gateway.uplink import Uplink
@@ -82,7 +83,10 @@ async def _run(config: Config, stop: asyncio.Event) -> int:
         set_meta(conn, "store.id", config.store.id)
 
     reference = await db.read(last_recorded)  # before this start records anything with the clock it has now
-    await db.write(record_start)
+    try:
+        await db.write(record_start)
+    except StorageFull:
+        pass  # a start on a full disk runs degraded (the state database has said so)
     gateway = Gateway(config, db, Bus(), Dispatcher(config.uplink.max_command_bytes), Supervisor(db))
     clock = WallClock(gateway.bus, reference)
     gateway.add_task("clock", clock.watch)
@@ -125,7 +129,8 @@ async def _run(config: Config, stop: asyncio.Event) -> int:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(gateway.bus.drain(), max(0.1, deadline - loop.time()))
     await uplink.flush()
-    await db.write(lambda conn: set_meta(conn, "daemon.state", "stopped"))
+    with contextlib.suppress(StorageFull):  # status then says it did not stop cleanly, which is true enough
+        await db.write(lambda conn: set_meta(conn, "daemon.state", "stopped"))
     await db.close()
     log.info("stopped")
     return 0

@@ -20,6 +20,14 @@ The writer's contract - what a job handed to `StateDB.write` must be:
 - Bounded. At most `max_pending` jobs wait for the writer; `write()` waits for a free place
   beyond that, so a flood of readings slows its producer instead of growing memory.
 
+A full disk: a commit that fails for want of space (SQLITE_FULL) puts the writer in refusal:
+every job fails at once with `StorageFull` (counted, by what the caller says it was) without
+touching the disk, the condition is logged once and announced to `on_storage` listeners, and once
+a second the database looks for space (room for its reserve file plus a margin, then a test
+commit). When one commits, writing resumes, the listeners hear it, and the storage `device`
+events (error since then, online now, with the count of what was lost) are written. See
+gateway/storage.py for the reserve that lets a start on a full disk open the database.
+
 `synchronous=FULL`: in WAL mode NORMAL may lose the last transactions on a power cut, and the
 contract says a power cut loses no event. Group commit keeps the cost of FULL to one WAL fsync
 per batch.
@@ -40,6 +48,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway.storage import (
+    MARGIN_BYTES,
+    RESERVE_BYTES,
+    FullDisk,
+    StorageFull,
+    free_bytes,
+    is_full_error,
+    make_reserve,
+    release_reserve,
+)
+from gateway.timeutil import rfc3339, utc_now
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -48,6 +68,8 @@ WriteJob = Callable[[sqlite3.Connection], Any]
 _MAX_BATCH = 512
 MAX_PENDING = 4096
 SLOW_JOB_S = 0.010
+SPACE_CHECK_S = 1.0
+"""How often a database on a full disk looks for space again."""
 
 
 class SchemaTooNew(RuntimeError):
@@ -108,8 +130,28 @@ class StateDB:
         self.path = path
         self.max_pending = max_pending
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = connect(path)
-        self.schema_version = migrate(self.conn)
+        try:
+            self.conn = connect(path)
+            self.schema_version = migrate(self.conn)
+            started_full = False
+        except (sqlite3.Error, OSError) as exc:
+            if not is_full_error(exc) or not release_reserve(path):
+                raise
+            # The disk is full and SQLite cannot even open a WAL database: the reserve makes that room.
+            self.conn = connect(path)
+            self.schema_version = migrate(self.conn)
+            started_full = True
+        if not started_full:
+            make_reserve(path)
+        self._refusing = started_full
+        """The writer thread's view: refuse every job but the space probe (a full disk)."""
+        self.full: FullDisk | None = None
+        """The current stretch of full disk, on the event loop's side (None: writing)."""
+        self.on_storage: list[Callable[[bool], None]] = []
+        """Called on the event loop when writing stops (False) or resumes (True) for want of space."""
+        self._writable: asyncio.Event | None = None
+        self._space_task: asyncio.Task[None] | None = None
+        self._reports: set[asyncio.Task[Any]] = set()
         self._reader: sqlite3.Connection | None = None
         self._read_pool: ThreadPoolExecutor | None = None
         self._jobs: queue.SimpleQueue[tuple[WriteJob, asyncio.Future[Any]] | None] = queue.SimpleQueue()
@@ -142,25 +184,109 @@ class StateDB:
         """Start the writer and reader threads, bound to the running event loop."""
         self._loop = asyncio.get_running_loop()
         self._places = asyncio.Semaphore(self.max_pending)
+        self._writable = asyncio.Event()
+        if self._refusing:
+            self._enter_full()
+        else:
+            self._writable.set()
         self._reader = connect(self.path, readonly=True)
         self._read_pool = ThreadPoolExecutor(1, thread_name_prefix="db-reader")
         self._writer = threading.Thread(target=self._write_loop, name="db-writer", daemon=True)
         self._writer.start()
 
-    async def write(self, job: Callable[[sqlite3.Connection], T]) -> T:
+    async def write(self, job: Callable[[sqlite3.Connection], T], *, what: str | None = "other writes") -> T:
         """Run `job` inside the next group commit; return its result once it is committed.
 
         `job` follows the writer's contract (module docstring): database work only, safe to run twice.
+        On a full disk it raises `StorageFull` at once; `what` names it in the count of what was lost
+        (None: not counted, the caller tries again once space returns).
         """
         if self._loop is None or self._writer is None or self._places is None:
             raise RuntimeError("StateDB.start() was not called")
+        if self.full is not None:
+            if what is not None:
+                self.full.count(what)
+            raise StorageFull("the disk under the state database is full")
         places = self._places
         await places.acquire()
         self.pending += 1
         future: asyncio.Future[T] = self._loop.create_future()
         future.add_done_callback(self._release)
         self._jobs.put((job, future))
-        return await future
+        try:
+            return await future
+        except StorageFull:
+            if self.full is not None and what is not None:
+                self.full.count(what)
+            raise
+
+    async def writable(self) -> None:
+        """Return once the state database can be written (at once, unless the disk is full)."""
+        if self._writable is None:
+            raise RuntimeError("StateDB.start() was not called")
+        await self._writable.wait()
+
+    def storage_status(self) -> dict[str, str]:
+        """The storage as a device: `online`, or `error` with what is wrong (the retained gateway state)."""
+        if self.full is None:
+            return {"status": "online"}
+        return {"status": "error", "detail": f"disk full since {rfc3339(self.full.since)}; writes suspended"}
+
+    def _enter_full(self) -> None:
+        """On the loop: the writer found the disk full. Say it once, tell the listeners, look for space."""
+        if self.full is not None or self._loop is None or self._writable is None:
+            return
+        self.full = FullDisk()
+        self._writable.clear()
+        log.warning(
+            "state database: the disk under the state database is full (%d KiB free in %s): price checks answer "
+            "from the cache, commands wait at the broker, what cannot be written is counted; writing resumes by "
+            "itself when space returns",
+            free_bytes(self.path) // 1024,
+            self.path.parent,
+        )
+        for listener in self.on_storage:
+            listener(False)
+        self._space_task = self._loop.create_task(self._look_for_space(), name="db-space")
+
+    async def _look_for_space(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SPACE_CHECK_S)
+            if free_bytes(self.path) < RESERVE_BYTES + MARGIN_BYTES:
+                continue
+            if not await asyncio.to_thread(make_reserve, self.path) or free_bytes(self.path) < MARGIN_BYTES:
+                continue
+            probe: asyncio.Future[None] = loop.create_future()
+            self._jobs.put((_probe, probe))
+            try:
+                await probe
+            except sqlite3.Error:
+                continue
+            return
+
+    def _leave_full(self) -> None:
+        """On the loop: a commit went through again. Say so, tell the listeners, report what was lost."""
+        episode, self.full = self.full, None
+        if episode is None or self._loop is None or self._writable is None:
+            return
+        self._writable.set()
+        log.info(
+            "state database: writing again, the disk has room (%d KiB free); %s while it was full",
+            free_bytes(self.path) // 1024,
+            episode.summary(),
+        )
+        for listener in self.on_storage:
+            listener(True)
+        task = self._loop.create_task(self._report(episode), name="db-space-report")
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+    async def _report(self, episode: FullDisk) -> None:
+        try:
+            await self.write(episode.report)
+        except sqlite3.Error as exc:
+            log.warning("state database: the report of the full disk was not written: %s", exc)
 
     def _release(self, _: asyncio.Future[Any]) -> None:
         self.pending -= 1
@@ -176,6 +302,9 @@ class StateDB:
 
     async def close(self) -> None:
         """Finish every queued write, then stop the threads and close the connections."""
+        if self._space_task is not None:
+            self._space_task.cancel()
+            self._space_task = None
         if self._writer is not None:
             self._jobs.put(None)
             await asyncio.to_thread(self._writer.join)
@@ -191,8 +320,9 @@ class StateDB:
     def close_sync(self) -> None:
         try:
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error:
-            log.warning("state database: checkpoint at close failed", exc_info=True)
+        except sqlite3.Error as exc:
+            # committed data is safe in the WAL either way; the next start checkpoints it
+            log.warning("state database: checkpoint at close failed: %s", exc, exc_info=not is_full_error(exc))
         self.conn.close()
 
     # -- the writer thread -----------------------------------------------------------------
@@ -219,6 +349,13 @@ class StateDB:
         # A job whose awaiting task was cancelled before it ran is skipped. (Reading a future's state from
         # this thread is a plain attribute read; a cancel that lands just after it finds a committed job.)
         batch = [item for item in batch if not item[1].cancelled()]
+        assert self._loop is not None
+        if self._refusing:  # a full disk: only the space probe may try
+            refused = [item for item in batch if item[0] is not _probe]
+            if refused:
+                full = StorageFull("the disk under the state database is full")
+                self._loop.call_soon_threadsafe(self._resolve, refused, [(False, full)] * len(refused))
+            batch = [item for item in batch if item[0] is _probe]
         if not batch:
             return
         outcomes = self._attempt(batch, isolate=False)
@@ -227,7 +364,15 @@ class StateDB:
             outcomes = self._attempt(batch, isolate=True)
         if outcomes is None:  # cannot happen with isolate=True, but never leave a future unresolved
             outcomes = [(False, RuntimeError("write batch failed"))] * len(batch)
-        assert self._loop is not None
+        if any(not ok and is_full_error(value) for ok, value in outcomes):
+            full = StorageFull("the disk under the state database is full")
+            outcomes = [(False, full) if not ok and is_full_error(value) else (ok, value) for ok, value in outcomes]
+            if not self._refusing:
+                self._refusing = True
+                self._loop.call_soon_threadsafe(self._enter_full)
+        elif self._refusing:  # the probe committed: there is room again
+            self._refusing = False
+            self._loop.call_soon_threadsafe(self._leave_full)
         self._loop.call_soon_threadsafe(self._resolve, batch, outcomes)
 
     def _attempt(
@@ -259,7 +404,8 @@ class StateDB:
             conn.execute("COMMIT")
             self.commits += 1
         except sqlite3.Error as exc:
-            log.error("state database: commit failed: %s", exc)
+            if not is_full_error(exc):  # a full disk is said once, by _enter_full
+                log.error("state database: commit failed: %s", exc)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             return [(False, exc)] * len(batch)
@@ -275,6 +421,11 @@ class StateDB:
                 future.set_exception(value)
         for callback in self.on_commit:
             callback()
+
+
+def _probe(conn: sqlite3.Connection) -> None:
+    """The test commit of a database on a full disk (the only job the writer lets through then)."""
+    set_meta(conn, "storage.checked_at", rfc3339(utc_now()))
 
 
 def _run(job: WriteJob, conn: sqlite3.Connection) -> Any:

@@ -71,8 +71,9 @@ class InstanceLock:
                     os.close(fd)
                     raise AlreadyRunning(self.path, pid) from None
                 time.sleep(0.02)  # perhaps only a `status` looking
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        with contextlib.suppress(OSError):  # the pid is for messages only; a full disk must not stop a start
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
 
     def release(self) -> None:

@@ -13,6 +13,7 @@ Every answer comes from SQLite, never from head office: the store keeps working 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import sqlite3
@@ -29,6 +30,7 @@ from gateway.domain import DocumentRefused, PickupScan, Price, PrintRequest
 from gateway.money import display, from_minor
 from gateway.pricing import find_by_gtin, get_price
 from gateway.service import Service
+from gateway.storage import StorageFull
 from gateway.supervisor import Device
 from gateway.timeutil import epoch_ms, utc_now
 
@@ -216,12 +218,17 @@ class ScanningService(Service):
             if config.reply:
                 await scanner.reply(reply_line(config, answer))
             data = scan_event(config.id, config.mode, code, answer)
-            await self.gateway.db.write(functools.partial(outbox.append, kind="scan", data=data, at=now))
+            job = functools.partial(outbox.append, kind="scan", data=data, at=now)
+            with contextlib.suppress(StorageFull):  # the customer had the answer; the lost event is counted
+                await self.gateway.db.write(job, what="scan events")
             return
         try:
             data = await self.gateway.transact(functools.partial(self._record, config=config, code=code, now=now))
         except ValueError as exc:
             log.warning("scanner %s: %s", config.id, exc)
+            return
+        except StorageFull:
+            log.info("scanner %s: %r not recorded: the disk is full", config.id, reading.raw)
             return
         if config.reply and "result" in data:
             await scanner.reply(str(data["result"]))

@@ -142,10 +142,18 @@ class EventEnvelope(_Event):
     data: dict[str, Any]
 
 
+class StorageState(_Event):
+    """The disk under the state database, as a device: `error` while it is full (nothing is written)."""
+
+    status: Literal["online", "error"]
+    detail: str | None = None
+
+
 class GatewayState(_Event):
     state: Literal["online", "offline"]
     version: str
     started_at: str
+    storage: StorageState | None = None  # in `online` states; published again when it changes
 
 
 COMMANDS: dict[str, type[CommandModel]] = {

@@ -92,7 +92,8 @@ class Gateway:
         Each command is logged once, at INFO, when committed: id, type, outcome and milliseconds.
         """
         started = time.perf_counter()
-        result = await self.db.write(lambda conn: self.dispatcher.handle(conn, payload, name))
+        # not counted as lost on a full disk: the uplink applies it again once space returns
+        result = await self.db.write(lambda conn: self.dispatcher.handle(conn, payload, name), what=None)
         for signal in result.signals:
             self.bus.publish(signal)
         first_error = f" ({result.errors[0].field}: {result.errors[0].message})" if result.errors else ""

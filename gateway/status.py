@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from gateway import instance
+from gateway import instance, storage
 from gateway.config import Config
 from gateway.db import connect, get_meta
 from gateway.timeutil import from_epoch_ms, human_duration, parse_rfc3339, utc_now
@@ -89,6 +89,25 @@ def _devices(conn: sqlite3.Connection, config: Config | None) -> list[dict[str, 
     return out
 
 
+def _with_storage(devices: list[dict[str, Any]], db_path: Path) -> list[dict[str, Any]]:
+    """The disk under the state database as a device: its free space now, else its last recorded status.
+
+    A gateway on a full disk cannot record that it is (nothing can be written), so the free space
+    is looked at here: below what the gateway needs to resume writing, it is `error`. A disk that
+    has never been full is not listed.
+    """
+    free = storage.free_bytes(db_path)
+    recorded = next((d for d in devices if d["device"] == storage.DEVICE_ID), None)
+    if free < storage.RESERVE_BYTES + storage.MARGIN_BYTES:
+        entry = {"device": storage.DEVICE_ID, "kind": storage.DEVICE_KIND, "status": "error",
+                 "detail": f"disk full: {free // 1024} KiB free in {db_path.parent}; nothing can be recorded",
+                 "since": None if recorded is None else recorded["since"]}  # fmt: skip
+    else:
+        return devices  # with its row once it has been full: online again, and since when
+    others = [d for d in devices if d["device"] != storage.DEVICE_ID]
+    return sorted([*others, entry], key=lambda d: (str(d["kind"]), str(d["device"])))
+
+
 def _catalogue(conn: sqlite3.Connection) -> dict[str, Any]:
     return {
         "products": int(conn.execute("SELECT count(*) FROM products").fetchone()[0]),
@@ -145,7 +164,7 @@ def collect(db_path: Path, config: Config | None = None) -> dict[str, Any]:
             "gateway": gateway,
             "uplink": _uplink(conn, gateway["state"] == "running", config),
             "outbox": _outbox(conn, now),
-            "devices": _devices(conn, config),
+            "devices": _with_storage(_devices(conn, config), db_path),
             "catalogue": _catalogue(conn),
         }
         for name, section in SECTIONS.items():

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from drivers.errors import reason
 from gateway import devices
 from gateway.db import StateDB
+from gateway.storage import StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,13 @@ def is_device_error(error: BaseException) -> bool:
     if isinstance(error, OSError | TimeoutError | ConnectionError):
         return True
     return type(error).__module__.split(".")[0] in _DEVICE_LIBRARIES
+
+
+def _only_full_disk(error: BaseException) -> bool:
+    """True if `error` is a full disk, also as every exception of a task group's group."""
+    if isinstance(error, BaseExceptionGroup):
+        return all(_only_full_disk(inner) for inner in error.exceptions)
+    return isinstance(error, StorageFull)
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,11 @@ class Supervisor:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if _only_full_disk(exc):
+                    # not the part's fault, nor its device's: start it again once the disk has room
+                    log.debug("%s stopped: the disk is full; starting it again when space returns", name)
+                    await self.db.writable()
+                    continue
                 count = self.restarts.get(name, 0) + 1
                 self.restarts[name] = count
                 if loop.time() - started > _HEALTHY_AFTER_S:
@@ -83,6 +96,8 @@ class Supervisor:
             delay = min(delay * 2, self.max_delay_s)
 
     async def _report(self, device: Device, detail: str) -> None:
+        if self.db.full is not None:
+            return  # nothing can be written; the device's failure is in the log
         try:
             await self.db.write(
                 lambda conn: devices.report(conn, device.id, device.kind, "error", detail[:200], device.address)

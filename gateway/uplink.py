@@ -25,7 +25,7 @@ import random
 import sqlite3
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -39,6 +39,7 @@ from gateway.commands import CommandResult
 from gateway.config import Config
 from gateway.db import StateDB, set_meta
 from gateway.mqtt import LinkError, Message, MqttConnection, Will
+from gateway.storage import StorageFull
 from gateway.timeutil import human_duration, rfc3339, utc_now
 from gateway.topics import Topics
 
@@ -246,10 +247,36 @@ class Uplink:
         self.published = 0
         self._outage: _Outage | None = None
         self._backoff = _BACKOFF_START_S
+        self._link_now: MqttConnection | None = None
         db.on_commit.append(self._wake.set)
+        db.on_storage.append(self._storage_changed)
 
     def _state_payload(self, state: str) -> bytes:
-        return json.dumps({"state": state, **self._state_doc}).encode()
+        doc: dict[str, object] = {"state": state, **self._state_doc}
+        if state == "online":
+            doc["storage"] = self.db.storage_status()
+        return json.dumps(doc).encode()
+
+    def _storage_changed(self, writable: bool) -> None:
+        """The disk filled up or has room again: say it in the retained state; delete what was acknowledged."""
+        link = self._link_now
+        if link is not None and self.state == "online":
+            self._background(
+                link.publish(self.topics.state, self._state_payload("online"), qos=1, retain=True), "uplink-state"
+            )
+        if writable and self._acked:
+            self._forget(list(self._acked))  # the deletes refused while the disk was full
+
+    def _background(self, work: Coroutine[Any, Any, object], name: str) -> None:
+        """Run `work` on the side; a full disk or a dropped link only loses what it would have recorded."""
+
+        async def quietly() -> None:
+            with contextlib.suppress(StorageFull, LinkError):
+                await work
+
+        task = asyncio.get_running_loop().create_task(quietly(), name=name)
+        self._deletes.add(task)
+        task.add_done_callback(self._deletes.discard)
 
     def _link(self) -> MqttConnection:
         uplink = self.config.uplink
@@ -387,9 +414,7 @@ class Uplink:
             for key, value in values.items():
                 set_meta(conn, key, value)
 
-        task = asyncio.get_running_loop().create_task(self.db.write(record), name="uplink-state")
-        self._deletes.add(task)
-        task.add_done_callback(self._deletes.discard)
+        self._background(self.db.write(record, what=None), "uplink-state")
 
     async def stop(self) -> None:
         """Ask the link to finish: stop taking commands, flush what is in flight, say offline."""
@@ -410,9 +435,7 @@ class Uplink:
             set_meta(conn, "uplink.state", state)
             set_meta(conn, f"uplink.{'connected' if state == 'online' else 'disconnected'}_at", moment)
 
-        task = asyncio.get_running_loop().create_task(self.db.write(record), name="uplink-state")
-        self._deletes.add(task)
-        task.add_done_callback(self._deletes.discard)
+        self._background(self.db.write(record, what=None), "uplink-state")
 
     async def _serve(self, link: MqttConnection) -> None:
         # subscribe first: "online" tells head office that commands sent from now on are taken
@@ -421,9 +444,13 @@ class Uplink:
         await link.publish(self.topics.state, self._state_payload("online"), qos=1, retain=True)
         log.debug("uplink: subscribed to %s; published online", ", ".join(self.topics.command_filters))
         self._set_state("online")
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._receive(link), name="uplink-commands")
-            group.create_task(self._publish_outbox(link), name="uplink-outbox")
+        self._link_now = link
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._receive(link), name="uplink-commands")
+                group.create_task(self._publish_outbox(link), name="uplink-outbox")
+        finally:
+            self._link_now = None
         with contextlib.suppress(LinkError):
             await link.publish(self.topics.state, self._state_payload("offline"), qos=1, retain=True, timeout_s=2)
         log.info("uplink: offline state published, disconnecting")
@@ -452,17 +479,35 @@ class Uplink:
     ) -> None:
         async for message in link.messages():
             await room.acquire()  # a stop while waiting here leaves this command with the broker, untouched
+            await self.db.writable()  # a full disk: take no command; the broker keeps them, unacknowledged
             # a task starts in creation order, and its first step queues the write: arrival order holds
             task = group.create_task(self._apply(message.payload, message.topic), name="uplink-command")
             applying.put_nowait((message, task))
 
     async def _apply(self, payload: bytes, topic: str) -> CommandResult | None:
+        while True:
+            try:
+                return await self.on_command(payload, Topics.command_name(topic))
+            except StorageFull:
+                # Nothing of it was committed: apply it again, once space returns (or leave it to the
+                # broker, unacknowledged, if the gateway stops first).
+                if not await self._until_writable():
+                    return None
+            except Exception:
+                # Not acknowledged: the broker will offer it again on the next connection.
+                log.exception("uplink: command on %s could not be recorded", topic)
+                return None
+
+    async def _until_writable(self) -> bool:
+        """Wait for the state database to be writable again; False if the uplink stops first."""
+        writable = asyncio.ensure_future(self.db.writable())
+        stopping = asyncio.ensure_future(self._stopping.wait())
         try:
-            return await self.on_command(payload, Topics.command_name(topic))
-        except Exception:
-            # Not acknowledged: the broker will offer it again on the next connection.
-            log.exception("uplink: command on %s could not be recorded", topic)
-            return None
+            await asyncio.wait((writable, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            writable.cancel()
+            stopping.cancel()
+        return not self._stopping.is_set()
 
     async def _acknowledge(self, link: MqttConnection, applying: Applying, room: asyncio.Semaphore) -> None:
         while True:
@@ -556,7 +601,8 @@ class Uplink:
         def job(conn: Any) -> None:
             outbox.delete(conn, batch)
 
-        task = asyncio.get_running_loop().create_task(self.db.write(job), name="outbox-delete")
+        # on a full disk the rows stay (and in _acked, so not sent again); deleted once space returns
+        task = asyncio.get_running_loop().create_task(self.db.write(job, what=None), name="outbox-delete")
         self._deletes.add(task)
 
         def done(finished: asyncio.Task[None]) -> None:

@@ -15,6 +15,7 @@ import pytest
 from tests.peers import nats as nats_peer
 from tests.peers import rabbitmq as rabbitmq_peer
 from tests.peers.brokers import HQ_USER, STORE_GROUPS, STORE_PASSWORDS, MqttBroker
+from tests.peers.disk import SmallDisk
 from tests.peers.mosquitto import MosquittoBroker, make_tls_files, require_mosquitto
 from tests.peers.nats import NatsServer, NatsUser
 from tests.peers.postgres import PostgresServer
@@ -155,3 +156,14 @@ def bluez(tmp_path: Path) -> Iterator[FakeBlueZ]:
     fake = FakeBlueZ(directory).start()
     yield fake
     fake.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    """A 16 MiB tmpfs of this test's own, to fill (needs root: skipped otherwise, with the reason)."""
+    reason = SmallDisk.skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    disk = SmallDisk(tmp_path / "disk")
+    yield disk
+    disk.close()
