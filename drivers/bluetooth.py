@@ -17,16 +17,48 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from bleak import BleakScanner
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
+from bleak.exc import BleakDBusError, BleakError
 
 log = logging.getLogger(__name__)
 
 Listener = Callable[[BLEDevice, AdvertisementData], None]
+
+
+class BluezUnavailable(ConnectionError):
+    """BlueZ cannot be reached: no system D-Bus, or no bluetoothd on it, or no adapter."""
+
+
+def _system_bus() -> str:
+    return os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/run/dbus/system_bus_socket")
+
+
+async def start_scanner(scanner: BleakScanner) -> None:
+    """`scanner.start()`; BlueZ missing is said in words (BluezUnavailable), not as a FileNotFoundError."""
+    try:
+        await scanner.start()
+    except (FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
+        raise BluezUnavailable(
+            f"BlueZ cannot be reached: no system D-Bus at {_system_bus()} ({exc.strerror or exc}); "
+            "is dbus running, and bluetoothd?"
+        ) from None
+    except BleakDBusError as exc:
+        if exc.dbus_error in ("org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner"):
+            raise BluezUnavailable(
+                f"bluetoothd is not running: nothing answers for org.bluez on the system D-Bus ({_system_bus()}); "
+                "start it (systemctl start bluetooth)"
+            ) from None
+        raise
+    except BleakError as exc:
+        if "adapter" in str(exc).lower():
+            raise BluezUnavailable(f"BlueZ has no Bluetooth adapter: {exc}") from None
+        raise
 
 
 @dataclass
@@ -63,7 +95,11 @@ class BluetoothAdapter:
         self._users += 1
         if self._users == 1:
             self._scanner = BleakScanner(detection_callback=self._detected, bluez={"adapter": self.name})
-            await self._resume_scanning()
+            try:
+                await self._resume_scanning()
+            except BaseException:  # the next start tries again from scratch
+                self._users, self._scanner = 0, None
+                raise
 
     async def close(self) -> None:
         """The last user stops the scanner."""
@@ -109,7 +145,7 @@ class BluetoothAdapter:
 
     async def _resume_scanning(self) -> None:
         if self._scanner is not None and not self._scanning:
-            await self._scanner.start()
+            await start_scanner(self._scanner)
             self._scanning = True
             self.scan_windows += 1
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -19,11 +18,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from bleak import BleakScanner
-from bleak.exc import BleakDBusError, BleakError
+from bleak.exc import BleakError
 from bthome_ble import BTHomeBluetoothDeviceData
 from habluetooth import BluetoothServiceInfoBleak
 
+from drivers.bluetooth import BluezUnavailable, start_scanner
 from drivers.sensors import SensorReading, SourceStatus
+
+__all__ = ["BluezUnavailable", "BthomeSensor", "BthomeSensors"]
 
 if TYPE_CHECKING:
     from drivers.bluetooth import BluetoothAdapter
@@ -133,36 +135,11 @@ class BthomeSensors:
                 yield await queue.get()
 
 
-class BluezUnavailable(ConnectionError):
-    """BlueZ cannot be reached: no system D-Bus, or no bluetoothd on it, or no adapter."""
-
-
-def _system_bus() -> str:
-    return os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/run/dbus/system_bus_socket")
-
-
 @contextlib.asynccontextmanager
 async def _scanning(options: dict[str, Any]) -> AsyncIterator[None]:
     """A running BleakScanner; BlueZ missing is said in words, not as a FileNotFoundError."""
     scanner = BleakScanner(**options)
-    try:
-        await scanner.start()
-    except (FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
-        raise BluezUnavailable(
-            f"BlueZ cannot be reached: no system D-Bus at {_system_bus()} ({exc.strerror or exc}); "
-            "is dbus running, and bluetoothd?"
-        ) from None
-    except BleakDBusError as exc:
-        if exc.dbus_error in ("org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner"):
-            raise BluezUnavailable(
-                f"bluetoothd is not running: nothing answers for org.bluez on the system D-Bus ({_system_bus()}); "
-                "start it (systemctl start bluetooth)"
-            ) from None
-        raise
-    except BleakError as exc:
-        if "adapter" in str(exc).lower():
-            raise BluezUnavailable(f"BlueZ has no Bluetooth adapter: {exc}") from None
-        raise
+    await start_scanner(scanner)
     try:
         yield
     finally:

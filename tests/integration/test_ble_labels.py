@@ -18,7 +18,7 @@ import pytest
 import zxingcpp
 from PIL import Image
 
-from drivers.bluetooth import BluetoothAdapter
+from drivers.bluetooth import BluetoothAdapter, BluezUnavailable
 from drivers.labels import DeliveryReport, LabelNotFound
 from drivers.labels.ble import BleLabelStation, LedNotAvailable, normalise_address
 from drivers.sensors.bthome import BthomeSensor, BthomeSensors
@@ -132,6 +132,18 @@ async def test_gicisky_tag_size_from_its_advertisement_and_refusals(bluez: FakeB
         assert not driver.has_led
         with pytest.raises(LedNotAvailable, match="no LED"):
             await driver.flash(GICISKY, "green", 1)
+
+
+async def test_a_station_without_bluez_says_so_and_starts_afresh_next_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={tmp_path}/no-bus")
+    adapter = BluetoothAdapter("hci0")
+    for _ in range(2):  # the supervisor's restart meets the same clear error, not a half-started adapter
+        driver = BleLabelStation(adapter, "atc_oepl", name="no-bluez")
+        with pytest.raises(BluezUnavailable, match="BlueZ cannot be reached: no system D-Bus"):
+            await driver.start()
+        await driver.close()
 
 
 async def test_unknown_and_unreachable_tags(bluez: FakeBlueZ) -> None:
