@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psycopg
 
+from tests.peers.brokers import MqttBroker
 from tests.peers.hq import REPO, running_gateway, write_config
 from tests.peers.mosquitto import MosquittoBroker
 from tests.peers.stores import run_ingest
@@ -24,7 +25,7 @@ def unique_prefix() -> str:
     return f"g{next(_prefixes)}x{int(time.time()) % 10000}"
 
 
-async def hq(broker: MosquittoBroker, prefix: str, *args: str, timeout: float = 90) -> tuple[int, str, str]:
+async def hq(broker: MqttBroker, prefix: str, *args: str, timeout: float = 90) -> tuple[int, str, str]:
     """`store-gateway hq ...` as a child process; (exit code, stdout, stderr)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "hq", "--broker", broker.url, "--prefix", prefix, *args,
@@ -36,7 +37,7 @@ async def hq(broker: MosquittoBroker, prefix: str, *args: str, timeout: float = 
 
 
 @contextlib.asynccontextmanager
-async def gateways(broker: MosquittoBroker, prefix: str, base: Path, stores: list[str]) -> AsyncIterator[None]:
+async def gateways(broker: MqttBroker, prefix: str, base: Path, stores: list[str]) -> AsyncIterator[None]:
     """Real gateways of the group `g1`, each in this event loop, until the block ends."""
     async with contextlib.AsyncExitStack() as stack:
         for store in stores:
@@ -45,7 +46,7 @@ async def gateways(broker: MosquittoBroker, prefix: str, base: Path, stores: lis
         yield
 
 
-def config(broker: MosquittoBroker, prefix: str, base: Path, store: str) -> Path:
+def config(broker: MqttBroker, prefix: str, base: Path, store: str) -> Path:
     return write_config(base / store, broker, store=store, groups=("g1",), uplink_extra=f'topic_prefix = "{prefix}"')
 
 
@@ -59,7 +60,8 @@ def table_rows(out: str) -> dict[str, str]:
     return found
 
 
-async def test_a_group_push_waits_for_a_store_that_comes_back_late(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+async def test_a_group_push_waits_for_a_store_that_comes_back_late(uplink_broker: MqttBroker, tmp_path: Path) -> None:
+    mosquitto = uplink_broker  # Mosquitto, RabbitMQ and NATS: the store's session keeps the command while it is away
     prefix, stores = unique_prefix(), ["ga1", "ga2", "ga3"]
     async with gateways(mosquitto, prefix, tmp_path, stores):  # each makes its persistent session
         pass

@@ -14,8 +14,11 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.peers.brokers import MqttBroker
 from tests.peers.hq import head_office, running_gateway, write_config
 from tests.peers.mosquitto import MosquittoBroker
+from tests.peers.nats import NatsServer
+from tests.peers.rabbitmq import RabbitMQBroker
 from tests.peers.stores import IngestProcess, event, publish_events, run_ingest
 
 _prefixes = itertools.count(1)
@@ -25,20 +28,43 @@ _prefixes = itertools.count(1)
 class HeadOfficeBroker:
     """A broker as the ingest sees it (`ingest_url`) and as stores see it (`mqtt`)."""
 
-    kind: str
+    kind: str  # mqtt (Mosquitto), amqp (RabbitMQ), nats (NATS JetStream)
     ingest_url: str
-    mqtt: MosquittoBroker  # what gateways and simulated stores connect to (host, port, url)
+    mqtt: MqttBroker  # what gateways and simulated stores connect to (host, port, url)
     prefix: str
 
     def ingest_args(self, client_id: str = "hq-ingest") -> list[str]:
         return ["--client-id", f"{self.prefix}-{client_id}"] if self.kind == "mqtt" else []
 
 
-@pytest.fixture(params=["mqtt"])
-def hq_broker(request: pytest.FixtureRequest, mosquitto: MosquittoBroker) -> Iterator[HeadOfficeBroker]:
-    """Each test gets its own topic prefix, so its queue, session and rows are its own."""
+async def _delete_stream(url: str) -> None:
+    import nats
+    import nats.js.errors
+
+    nc = await nats.connect(url)
+    try:
+        await nc.jetstream().delete_stream("HQ_EVENTS")
+    except nats.js.errors.NotFoundError:
+        pass
+    finally:
+        await nc.close()
+
+
+@pytest.fixture(params=["mqtt", "amqp", "nats"])
+def hq_broker(request: pytest.FixtureRequest) -> Iterator[HeadOfficeBroker]:
+    """Each broker the ingest consumes from; each test gets its own topic prefix, so its queue (RabbitMQ),
+    session (Mosquitto) and rows are its own. NATS has one stream HQ_EVENTS: each test starts without it."""
     prefix = f"t{next(_prefixes)}x{int(time.time()) % 10000}"
-    yield HeadOfficeBroker("mqtt", mosquitto.url, mosquitto, prefix)
+    if request.param == "mqtt":
+        mosquitto: MosquittoBroker = request.getfixturevalue("mosquitto")
+        yield HeadOfficeBroker("mqtt", mosquitto.url, mosquitto, prefix)
+    elif request.param == "amqp":
+        rabbit: RabbitMQBroker = request.getfixturevalue("rabbitmq")
+        yield HeadOfficeBroker("amqp", rabbit.amqp_url, rabbit, prefix)
+    else:
+        server: NatsServer = request.getfixturevalue("nats")
+        asyncio.run(_delete_stream(server.nats_url))
+        yield HeadOfficeBroker("nats", server.nats_url, server, prefix)
 
 
 def rows(dsn: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
