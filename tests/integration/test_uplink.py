@@ -1,7 +1,7 @@
 """The daemon against real brokers: commands, state and will, outages, crashes, TLS, ACL, MQTT 5.
 
-The tests of the link itself (persistent session, commands while offline, group commands, last will
-and retained state, outbox drain after an outage, SIGKILL of the gateway) run against each head-office
+The tests of the link itself (persistent session, commands while offline and across a broker restart,
+group commands, last will and retained state, outbox drain after an outage, SIGKILL of the gateway) run against each head-office
 broker: Mosquitto 2, RabbitMQ 3 (rabbitmq_mqtt) and NATS 2 (JetStream + MQTT), with the same daemon
 and only the URL changed.
 """
@@ -34,7 +34,7 @@ from gateway.supervisor import Supervisor
 from gateway.timeutil import rfc3339
 from gateway.uplink import Uplink
 from tests.peers.brokers import MqttBroker
-from tests.peers.hq import GatewayProcess, head_office, running_gateway, write_config
+from tests.peers.hq import GatewayProcess, envelope, head_office, running_gateway, write_config
 from tests.peers.mosquitto import MosquittoBroker
 
 
@@ -166,6 +166,25 @@ async def stop_uplink(db: StateDB, uplink: Uplink, task: asyncio.Task[None]) -> 
     await asyncio.wait_for(task, 10)
     await uplink.flush()
     await db.close()
+
+
+async def test_commands_queued_for_an_offline_store_survive_a_broker_restart(
+    restartable_broker: MqttBroker, tmp_path: Path
+) -> None:
+    broker = restartable_broker
+    config_path = write_config(tmp_path, broker, store="dur1", groups=("dur",))
+    # the gateway's first run makes its persistent session and subscriptions
+    async with running_gateway(config_path), head_office(broker, "dur1") as hq:
+        await hq.wait_for(lambda s: s.get("state") == "online")
+    async with head_office(broker, "dur1") as hq:
+        own = await hq.send("stock.adjust", {"sku": "Q", "delta": 2, "reason": "receive"})
+        group = envelope("stock.adjust", {"sku": "Q", "delta": 5, "reason": "receive"})
+        await hq.send_raw("retail/groups/dur/commands/stock/adjust", json.dumps(group).encode())
+    broker.restart()  # graceful: what the broker holds for the offline session is on disk
+    async with head_office(broker, "dur1") as hq, running_gateway(config_path):
+        assert (await hq.result(own, timeout=30))["status"] == "applied"
+        assert (await hq.result(group["id"], timeout=30))["status"] == "applied"
+    assert read_db(tmp_path / "state.db", "SELECT on_hand FROM stock WHERE sku='Q'") == [(7,)]
 
 
 async def test_events_made_during_a_broker_outage_arrive_in_order(
