@@ -171,6 +171,7 @@ class RabbitMQBroker:
             "mqtt.exchange = amq.topic",
             f"mqtt.durable_queue_type = {self.durable_queue_type}",
             "mqtt.subscription_ttl = 604800000",  # an offline store keeps its commands 7 days (default 1)
+            "mqtt.prefetch = 100",  # unacknowledged messages per MQTT subscriber (default 10: slow for head office)
             f"load_definitions = {definitions}",
             "log.file.level = info",
             "log.console = false",
