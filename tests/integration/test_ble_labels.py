@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -297,3 +300,13 @@ async def test_gateway_drives_ble_tags(bluez: FakeBlueZ, mosquitto: MosquittoBro
     rows = dict(conn.execute("SELECT label, state FROM labels").fetchall())
     conn.close()
     assert rows == {ATC: "failed", GICISKY: "confirmed"}
+    # the technician's `status` shows each tag's battery and signal
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "status", "--config", str(config), "--json",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err
+    tags = {d["device"]: d for d in json.loads(out)["devices"] if d["kind"] == "label"}
+    assert "battery 16% (2.70 V), signal -80 dBm" in tags[ATC]["detail"]
+    assert "battery" in tags[GICISKY]["detail"] and "dBm" in tags[GICISKY]["detail"]
