@@ -12,23 +12,32 @@ A bulk command (`price.set`, 100k items a night) has a msgspec decoder (its mode
 every other command's data is checked by its pydantic model. The pydantic models are the
 documented schema (docs/asyncapi.yaml): when msgspec refuses something, the model is asked why,
 so that every bad field is named.
+
+No input may leave a command unanswered: a message is acknowledged only once its answer is
+committed, and one that is never answered is offered again forever (and twenty of them fill the
+broker's window, so no later command arrives). A payload that breaks the decoder itself (a number
+out of every range, an integer of thousands of digits, arrays nested thousands deep, bad UTF-8 deep
+inside `data`) is answered `rejected` naming the field where that can be found, and with the id
+when it can be read; only a failure of the state database leaves a command unanswered.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway import outbox
-from gateway.timeutil import epoch_ms, parse_rfc3339, utc_now
+from gateway.timeutil import epoch_ms, parse_rfc3339, rfc3339, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +88,10 @@ class WireEnvelope(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _ENVELOPE = msgspec.json.Decoder(WireEnvelope)
+# JSON as plain values, for explaining a refusal: a number beyond float's range decodes as a Decimal.
+_UNTYPED = msgspec.json.Decoder(float_hook=lambda text: _finite_float(text))
+# Commands nest a few levels; a refusal for depth names the first place deeper than this.
+MAX_DEPTH = 32
 
 
 @dataclass
@@ -150,6 +163,8 @@ class CommandResult:
     extra: dict[str, Any] = field(default_factory=dict)
     signals: list[object] = field(default_factory=list)
     type: str | None = None
+    answered: bool = True
+    """False for a redelivery of a command answered before: no second `command_result`."""
 
     def as_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -177,7 +192,9 @@ def field_errors(exc: ValidationError, prefix: str) -> list[FieldError]:
     errors = []
     for item in exc.errors():
         message = str(item["msg"]).removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
+        if isinstance(item.get("input"), Decimal):  # only out-of-range numbers decode as Decimal
+            message = "number out of range"
+        elif item["type"] == "extra_forbidden":
             message = "unknown field"
         elif item["type"] == "missing":
             message = "field required"
@@ -210,13 +227,119 @@ def msgspec_error(exc: msgspec.ValidationError, prefix: str) -> FieldError:
     return FieldError(path.removeprefix(".") or "(command)", message)
 
 
-def explain(model: type[BaseModel], value: object, exc: msgspec.ValidationError, prefix: str) -> list[FieldError]:
-    """Why msgspec refused `value`: the documented model names every bad field; else msgspec's own error."""
+def explain(
+    model: type[BaseModel], raw: bytes | msgspec.Raw, exc: msgspec.ValidationError, prefix: str
+) -> list[FieldError]:
+    """Why msgspec refused `raw`: the documented model names every bad field; else msgspec's own error."""
+    try:
+        value = loose_decode(raw)
+    except ValueError as unreadable:
+        return [FieldError(prefix or "(command)", f"not valid JSON: {unreadable}")]
+    except RecursionError:
+        return [too_deep(raw, prefix)]
     try:
         model.model_validate(value)
     except ValidationError as refused:
         return field_errors(refused, prefix)
     return [msgspec_error(exc, prefix)]
+
+
+def _big_int(text: str) -> int | Decimal:
+    return int(text) if len(text) <= 4000 else Decimal(text)  # int() refuses more than 4,300 digits
+
+
+def _finite_float(text: str) -> float | Decimal:
+    value = float(text)
+    return value if value not in (float("inf"), float("-inf")) else Decimal(text)
+
+
+def _no_constant(text: str) -> None:
+    raise ValueError(f"{text} is not JSON")
+
+
+def loose_decode(raw: bytes | msgspec.Raw) -> Any:
+    """JSON as plain values, numbers out of every range included (as Decimal), for naming what is wrong.
+
+    Raises ValueError for bytes that are not JSON (bad UTF-8 included) and RecursionError for
+    nesting deeper than the decoder goes.
+    """
+    try:
+        return _UNTYPED.decode(raw)
+    except msgspec.ValidationError:  # an integer longer than msgspec reads
+        pass
+    except msgspec.DecodeError as exc:
+        raise ValueError(str(exc).removeprefix("JSON is malformed: ")) from None
+    try:
+        return json.loads(bytes(raw), parse_int=_big_int, parse_float=_finite_float, parse_constant=_no_constant)
+    except UnicodeDecodeError:
+        raise ValueError("invalid UTF-8") from None
+
+
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}:,]')
+
+
+def _scan(payload: bytes, limit: int) -> tuple[str | None, str | None]:
+    """One pass over the JSON's structure (no values decoded, no recursion): the path of the first
+    value nested deeper than `limit` (None if none is), and the top-level "id" if it is a string."""
+    stack: list[list[Any]] = []  # [is_object, key or index, expecting_key]
+    top_id: str | None = None
+    after_id = False
+    for match in _TOKEN.finditer(payload):
+        token = match.group()
+        if token in (b"{", b"["):
+            after_id = False
+            stack.append([token == b"{", None if token == b"{" else 0, token == b"{"])
+            if len(stack) > limit:  # named by its first three levels: the field, not 32 "[0]"
+                return _path(stack[:3]), top_id
+        elif token in (b"}", b"]"):
+            if stack:
+                stack.pop()
+        elif token == b",":
+            if stack:
+                frame = stack[-1]
+                if frame[0]:
+                    frame[2] = True
+                else:
+                    frame[1] += 1
+        elif token == b":":
+            if stack:
+                stack[-1][2] = False
+        elif stack and stack[-1][0] and stack[-1][2]:  # an object's key
+            try:
+                stack[-1][1] = msgspec.json.decode(token, type=str)
+            except msgspec.MsgspecError:
+                stack[-1][1] = "?"
+            after_id = len(stack) == 1 and stack[-1][1] == "id"
+        elif after_id:
+            after_id = False
+            with_id = _string(token)
+            if with_id is not None and 0 < len(with_id) <= 128:
+                top_id = with_id
+    return None, top_id
+
+
+def _string(token: bytes) -> str | None:
+    try:
+        return msgspec.json.decode(token, type=str)
+    except msgspec.MsgspecError:
+        return None
+
+
+def _path(stack: list[list[Any]]) -> str:
+    parts = tuple(frame[1] for frame in stack if frame[1] is not None)
+    return _loc(parts, "")
+
+
+def too_deep(raw: bytes | msgspec.Raw, prefix: str) -> FieldError:
+    """The error for JSON nested deeper than the decoder goes, at the first place deeper than MAX_DEPTH."""
+    where, _ = _scan(bytes(raw), MAX_DEPTH)
+    path = ".".join(part for part in (prefix, (where or "").removeprefix(".")) if part)
+    return FieldError(path or "(command)", f"nested deeper than {MAX_DEPTH} levels")
+
+
+def readable_id(payload: bytes) -> str | None:
+    """The top-level "id" of a command the decoder could not read, if it is a string."""
+    return _scan(payload, 1_000_000)[1]
 
 
 class Dispatcher:
@@ -236,10 +359,27 @@ class Dispatcher:
     def supported(self) -> list[str]:
         return sorted(self._specs)
 
-    def handle(self, conn: sqlite3.Connection, payload: bytes, topic_name: str | None = None) -> CommandResult:
-        """Validate and apply one command inside the caller's transaction; write its command_result."""
+    def handle(
+        self, conn: sqlite3.Connection, payload: bytes, topic_name: str | None = None, *, redelivered: bool = False
+    ) -> CommandResult:
+        """Validate and apply one command inside the caller's transaction; write its command_result.
+
+        `redelivered`: the broker offers this message again (MQTT DUP flag), so a previous run may have
+        answered it already; if its id is in the inbox, nothing is written (`CommandResult.answered`
+        is False) and the message is only acknowledged.
+        """
         now = utc_now()
-        result = self._apply(conn, payload, topic_name, now)
+        try:
+            result = self._apply(conn, payload, topic_name, now, redelivered)
+        except sqlite3.Error:
+            raise  # the database, not the command: not answered, so the broker offers it again
+        except Exception as exc:  # no input may leave a command unanswered
+            log.error("command could not be read: %r", exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            why = FieldError("(command)", f"could not be read ({type(exc).__name__})")
+            unread = CommandResult(readable_id(payload), "rejected", errors=[why])
+            result = self._conclude(conn, unread, now, redelivered)
+        if not result.answered:
+            return result
         outbox.append(conn, "command_result", result.as_json(), now)
         if result.status == "rejected":
             log.warning(
@@ -249,25 +389,31 @@ class Dispatcher:
             )
         return result
 
-    def _apply(self, conn: sqlite3.Connection, payload: bytes, topic_name: str | None, now: datetime) -> CommandResult:
+    def _apply(
+        self, conn: sqlite3.Connection, payload: bytes, topic_name: str | None, now: datetime, redelivered: bool
+    ) -> CommandResult:
+        envelope = refused = None
         if len(payload) > self.max_bytes:
-            return CommandResult(
-                _sniff_id(payload),
-                "rejected",
-                errors=[FieldError("(command)", f"{len(payload)} bytes is over the limit of {self.max_bytes}")],
-            )
-        try:
-            envelope = _ENVELOPE.decode(payload)
-        except msgspec.ValidationError as exc:
-            return self._bad_envelope(payload, exc)
-        except msgspec.DecodeError as exc:
-            reason = str(exc).removeprefix("JSON is malformed: ")
-            return CommandResult(None, "rejected", errors=[FieldError("(command)", f"not valid JSON: {reason}")])
+            too_big = FieldError("(command)", f"{len(payload)} bytes is over the limit of {self.max_bytes}")
+            refused = CommandResult(_sniff_id(payload), "rejected", errors=[too_big])
+        else:
+            try:
+                envelope = _ENVELOPE.decode(payload)
+            except msgspec.ValidationError as exc:
+                refused = self._bad_envelope(payload, exc)
+            except msgspec.DecodeError as exc:
+                reason = str(exc).removeprefix("JSON is malformed: ")
+                bad_json = FieldError("(command)", f"not valid JSON: {reason}")
+                refused = CommandResult(readable_id(payload), "rejected", errors=[bad_json])
+            except RecursionError:
+                refused = CommandResult(readable_id(payload), "rejected", errors=[too_deep(payload, "")])
+        if envelope is None:
+            assert refused is not None
+            return self._conclude(conn, refused, now, redelivered)
         result = CommandResult(envelope.id, "applied", type=envelope.type)
-        seen = conn.execute("SELECT status FROM inbox WHERE command_id = ?", (envelope.id,)).fetchone()
+        seen = self._seen(conn, envelope.id, redelivered)
         if seen is not None:
-            result.status = "duplicate"
-            return result
+            return seen
         errors = self._check_envelope(envelope, topic_name)
         spec = self._specs.get(envelope.type)
         if not errors and spec is None:
@@ -287,22 +433,45 @@ class Dispatcher:
             result.errors = errors
             result.applied = result.skipped = 0
             result.signals = []
-        conn.execute(
-            "INSERT INTO inbox (command_id, type, status, received_ms) VALUES (?, ?, ?, ?)",
-            (envelope.id, envelope.type, result.status, epoch_ms(now)),
-        )
+        _record(conn, result, now)
         return result
+
+    @staticmethod
+    def _seen(conn: sqlite3.Connection, command_id: str, redelivered: bool) -> CommandResult | None:
+        """The answer to a command id already in the inbox: none to a redelivery, else `duplicate`
+        carrying the first outcome (`first`)."""
+        row = conn.execute("SELECT type, status, outcome FROM inbox WHERE command_id = ?", (command_id,)).fetchone()
+        if row is None:
+            return None
+        kind = None if row[0] == UNREADABLE else str(row[0])
+        first = json.loads(row[2]) if row[2] else {"status": row[1]}
+        return CommandResult(command_id, "duplicate", type=kind, extra={"first": first}, answered=not redelivered)
+
+    def _conclude(
+        self, conn: sqlite3.Connection, refused: CommandResult, now: datetime, redelivered: bool
+    ) -> CommandResult:
+        """A command refused before its envelope could be read: answered once, recorded under its id
+        when that much could be read (so it is not answered again, even after a crash)."""
+        if refused.command_id is None:
+            return refused
+        seen = self._seen(conn, refused.command_id, redelivered)
+        if seen is not None:
+            return seen
+        _record(conn, refused, now)
+        return refused
 
     @staticmethod
     def _bad_envelope(payload: bytes, exc: msgspec.ValidationError) -> CommandResult:
         try:
-            raw = msgspec.json.decode(payload)  # valid JSON of the wrong shape
-        except msgspec.DecodeError:
-            return CommandResult(None, "rejected", errors=[msgspec_error(exc, "")])
+            raw = loose_decode(payload)  # JSON of the wrong shape, or with a number out of range
+        except ValueError:
+            return CommandResult(readable_id(payload), "rejected", errors=[msgspec_error(exc, "")])
+        except RecursionError:
+            return CommandResult(readable_id(payload), "rejected", errors=[too_deep(payload, "")])
         if not isinstance(raw, dict):
             return CommandResult(None, "rejected", errors=[FieldError("(command)", "must be a JSON object")])
         command_id = raw.get("id") if isinstance(raw.get("id"), str) else None
-        return CommandResult(command_id, "rejected", errors=explain(Envelope, raw, exc, ""))
+        return CommandResult(command_id, "rejected", errors=explain(Envelope, payload, exc, ""))
 
     @staticmethod
     def _decode_data(spec: CommandSpec, raw: msgspec.Raw) -> tuple[Any, list[FieldError]]:
@@ -312,9 +481,19 @@ class Dispatcher:
             try:
                 return decoder.decode(raw), []
             except msgspec.ValidationError as exc:
-                return None, explain(spec.model, msgspec.json.decode(raw), exc, "data")
+                return None, explain(spec.model, raw, exc, "data")
+            except msgspec.DecodeError as exc:  # the envelope's pass skips data's strings unchecked
+                return None, [FieldError("data", f"not valid JSON: {str(exc).removeprefix('JSON is malformed: ')}")]
+            except RecursionError:
+                return None, [too_deep(raw, "data")]
         try:
-            return spec.model.model_validate(msgspec.json.decode(raw)), []
+            value = loose_decode(raw)
+        except ValueError as exc:
+            return None, [FieldError("data", f"not valid JSON: {exc}")]
+        except RecursionError:
+            return None, [too_deep(raw, "data")]
+        try:
+            return spec.model.model_validate(value), []
         except ValidationError as exc:
             return None, field_errors(exc, "data")
 
@@ -356,6 +535,29 @@ class Dispatcher:
         result.applied, result.skipped = outcome.applied, outcome.skipped
         result.errors, result.extra, result.signals = outcome.errors, outcome.extra, context.signals
         return []
+
+
+# The inbox's type for a command whose type could not be read.
+UNREADABLE = "(unreadable)"
+# A duplicate's `first` keeps this many of the first answer's errors.
+_FIRST_ERRORS = 20
+
+
+def _record(conn: sqlite3.Connection, result: CommandResult, now: datetime) -> None:
+    """The command's id in the inbox with its first outcome, in the transaction of its effects."""
+    first: dict[str, Any] = {
+        "status": result.status,
+        "applied": result.applied,
+        "skipped": result.skipped,
+        "errors": [e.as_json() for e in result.errors[:_FIRST_ERRORS]],
+        "at": rfc3339(now),
+    }
+    if len(result.errors) > _FIRST_ERRORS:
+        first["errors_total"] = len(result.errors)
+    conn.execute(
+        "INSERT INTO inbox (command_id, type, status, received_ms, outcome) VALUES (?, ?, ?, ?, ?)",
+        (result.command_id, result.type or UNREADABLE, result.status, epoch_ms(now), outbox.dumps(first)),
+    )
 
 
 def _sniff_id(payload: bytes) -> str | None:

@@ -23,6 +23,10 @@ _EXPONENTS: dict[str, int] = {
 }
 
 
+# Amounts are below a trillion (12 digits before the point): minor units stay far inside SQLite's integer.
+MAX_AMOUNT = 10**12
+
+
 def exponent(currency: str) -> int:
     """Number of decimal places of the currency's minor unit."""
     return _EXPONENTS.get(currency, 2)
@@ -45,10 +49,12 @@ def to_minor(amount: str, currency: str) -> int:
         raise ValueError(f'"{amount}" has more than {places} decimals for {currency}')
     try:
         value = Decimal(amount)
-    except InvalidOperation:
+    except (InvalidOperation, ValueError):  # ValueError: more digits than Python converts
         raise ValueError(f'"{amount}" is not a decimal amount such as "12.99"') from None
     if not value.is_finite() or value < 0:
         raise ValueError(f'"{amount}" is not a positive amount')
+    if value >= MAX_AMOUNT:  # "1e400" is a decimal string too; the cache keeps SQLite integers
+        raise ValueError(f'"{amount}" is too large; at most {MAX_AMOUNT - 1} and its decimals')
     places = exponent(currency)
     scaled = value.scaleb(places)
     if scaled != scaled.to_integral_value():

@@ -36,6 +36,17 @@ class FieldErrorData(_Event):
     message: str
 
 
+class FirstOutcome(_Event):
+    """What a command did the first time its id was seen (carried by a `duplicate` answer)."""
+
+    status: Literal["applied", "rejected"] = Field(description="the first answer's status")
+    applied: int | None = None
+    skipped: int | None = None
+    errors: list[FieldErrorData] | None = Field(default=None, description="the first answer's errors (at most 20)")
+    errors_total: int | None = Field(default=None, description="how many errors it had, when more than 20")
+    at: str | None = Field(default=None, description="when the gateway first committed it (RFC 3339)")
+
+
 class CommandResultData(_Event):
     command_id: str | None
     status: Literal["applied", "duplicate", "rejected"]
@@ -45,6 +56,11 @@ class CommandResultData(_Event):
     type: str | None = None
     scheduled: int | None = None
     job: str | None = None
+    first: FirstOutcome | None = Field(
+        default=None,
+        description="with `duplicate`: the outcome of the first command with this id (for an id recorded by "
+        "an older version, its `status` alone)",
+    )
 
 
 class ScanData(_Event):

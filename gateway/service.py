@@ -86,14 +86,19 @@ class Gateway:
             self.bus.publish(signal)
         return result
 
-    async def apply_command(self, payload: bytes, name: str | None) -> CommandResult:
+    async def apply_command(self, payload: bytes, name: str | None, redelivered: bool = False) -> CommandResult:
         """The one path of every command: validate, apply, answer, in one transaction; then signal.
 
         Each command is logged once, at INFO, when committed: id, type, outcome and milliseconds.
         """
         started = time.perf_counter()
         # not counted as lost on a full disk: the uplink applies it again once space returns
-        result = await self.db.write(lambda conn: self.dispatcher.handle(conn, payload, name), what=None)
+        result = await self.db.write(
+            lambda conn: self.dispatcher.handle(conn, payload, name, redelivered=redelivered), what=None
+        )
+        if not result.answered:
+            log.info("command %s offered again by the broker: answered before, acknowledged", result.command_id)
+            return result
         for signal in result.signals:
             self.bus.publish(signal)
         first_error = f" ({result.errors[0].field}: {result.errors[0].message})" if result.errors else ""

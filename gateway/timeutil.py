@@ -24,7 +24,10 @@ def parse_rfc3339(text: str) -> datetime:
     moment = datetime.fromisoformat(text.replace("z", "Z"))
     if moment.tzinfo is None:
         raise ValueError(f'"{text}" has no UTC offset; write it like 2026-11-24T08:00:00+01:00')
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-14:00 is in the year 10000 in UTC
+        raise ValueError(f'"{text}" is out of range: in UTC it falls outside the years 1 to 9999') from None
 
 
 def epoch_ms(moment: datetime) -> int:

@@ -45,7 +45,8 @@ from gateway.topics import Topics
 
 log = logging.getLogger(__name__)
 
-CommandHandler = Callable[[bytes, str], Awaitable[CommandResult]]
+# (payload, command name from the topic, redelivered: the broker set DUP) -> the committed result
+CommandHandler = Callable[[bytes, str, bool], Awaitable[CommandResult]]
 # Commands taken from the broker, in arrival order, each with the task applying it (None: not recorded).
 Applying = asyncio.Queue[tuple[Message, "asyncio.Task[CommandResult | None]"]]
 
@@ -480,14 +481,15 @@ class Uplink:
         async for message in link.messages():
             await room.acquire()  # a stop while waiting here leaves this command with the broker, untouched
             await self.db.writable()  # a full disk: take no command; the broker keeps them, unacknowledged
+            # DUP: the broker sent it before (we may have answered it and died before its PUBACK)
             # a task starts in creation order, and its first step queues the write: arrival order holds
-            task = group.create_task(self._apply(message.payload, message.topic), name="uplink-command")
+            task = group.create_task(self._apply(message.payload, message.topic, message.dup), name="uplink-command")
             applying.put_nowait((message, task))
 
-    async def _apply(self, payload: bytes, topic: str) -> CommandResult | None:
+    async def _apply(self, payload: bytes, topic: str, redelivered: bool) -> CommandResult | None:
         while True:
             try:
-                return await self.on_command(payload, Topics.command_name(topic))
+                return await self.on_command(payload, Topics.command_name(topic), redelivered)
             except StorageFull:
                 # Nothing of it was committed: apply it again, once space returns (or leave it to the
                 # broker, unacknowledged, if the gateway stops first).
@@ -516,7 +518,8 @@ class Uplink:
                 result = await task
                 if result is not None:
                     link.ack(message)
-                    await self._respond(link, message, result)
+                    if result.answered:
+                        await self._respond(link, message, result)
             finally:
                 applying.task_done()
                 room.release()

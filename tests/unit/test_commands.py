@@ -492,3 +492,55 @@ def test_malformed_command_is_rejected_naming_the_field(
 
 def test_at_least_twenty_kinds_of_malformed_command() -> None:
     assert len(MALFORMED) >= 20
+
+
+def test_a_redelivery_of_an_answered_command_is_not_answered_again(db: StateDB, dispatcher: Dispatcher) -> None:
+    payload = json.dumps(price_cmd("r1", item())).encode()
+    first = db.transaction(lambda conn: dispatcher.handle(conn, payload, "price.set"))
+    again = db.transaction(lambda conn: dispatcher.handle(conn, payload, "price.set", redelivered=True))
+    assert (first.answered, again.answered) == (True, False)
+    # a redelivery never seen before (the crash came before the commit) is applied and answered
+    fresh = db.transaction(
+        lambda conn: dispatcher.handle(conn, json.dumps(price_cmd("r2", item("B1"))).encode(), None, redelivered=True)
+    )
+    assert (fresh.status, fresh.answered) == ("applied", True)
+    assert [r["command_id"] for r in results(db)] == ["r1", "r2"]
+
+
+def test_a_duplicate_carries_the_first_outcome_also_of_a_rejection(db: StateDB, dispatcher: Dispatcher) -> None:
+    bad = send(db, dispatcher, price_cmd("d1", item(price="1e400")))
+    assert bad.status == "rejected"
+    assert [(e.field, "too large" in e.message) for e in bad.errors] == [("data.items[0].price", True)]
+    again = send(db, dispatcher, price_cmd("d1", item()))
+    assert again.status == "duplicate"
+    first = results(db)[-1]["first"]
+    assert (first["status"], first["applied"], first["errors"][0]["field"]) == ("rejected", 0, "data.items[0].price")
+
+
+@pytest.mark.parametrize(
+    ("payload", "command_id", "field"),
+    [
+        (
+            b'{"id":"n1","type":"price.set","data":{"items":[{"sku":"A","price":1e999999,"currency":"EUR","version":1}]}}',
+            "n1",
+            "data.items[0].price",
+        ),
+        (
+            b'{"id":"n2","type":"stock.adjust","data":{"sku":"A","delta":' + b"9" * 5000 + b',"reason":"x"}}',
+            "n2",
+            "data.delta",
+        ),
+        (b'{"id":"n3","type":"stock.adjust","data":{"sku":' + b"[" * 5000 + b"]" * 5000 + b"}}", "n3", "data.sku[0]"),
+        (b'{"x":' + b"[" * 5000 + b"]" * 5000 + b',"id":"n4","type":"price.set","data":{}}', "n4", "x[0][0]"),
+        (b"[" * 100_000, None, "(command)"),  # unclosed: not JSON at all
+        (b'{"id":"n5","type":"price.set","data":{"items":[{"sku":"\xc3\x28"}]}}', "n5", "data"),
+        (b'{"id":"n6","type":"stock.adjust","sent_at":"9999-12-31T23:59:59-14:00","data":{}}', "n6", "sent_at"),
+    ],
+)
+def test_payloads_that_break_the_decoder_are_rejected_naming_the_field(
+    db: StateDB, dispatcher: Dispatcher, payload: bytes, command_id: str | None, field: str
+) -> None:
+    result = db.transaction(lambda conn: dispatcher.handle(conn, payload, None))
+    assert (result.command_id, result.status, result.errors[0].field) == (command_id, "rejected", field)
+    if command_id is not None:  # recorded: the same id again is a duplicate, not a second rejection
+        assert send(db, dispatcher, payload).status == "duplicate"
