@@ -46,11 +46,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     setup_logging(config.logging.level)
     from gateway import daemon
+    from gateway.db import SchemaTooNew, StateDamaged
     from gateway.instance import LockError
 
     try:
         return asyncio.run(daemon.run(config))
-    except LockError as exc:
+    except (LockError, StateDamaged, SchemaTooNew) as exc:
         print(f"store-gateway: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -66,6 +67,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from gateway import status
+    from gateway.db import StateDamaged
 
     config = _load(args.config, secrets=False)  # a technician's shell has not the daemon's secrets
     zone = ZoneInfo(config.store.timezone)
@@ -74,6 +76,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             report = status.collect(config.state.path, config)
         except FileNotFoundError as exc:
             print(f"state.path: {exc}", file=sys.stderr)
+            return 1
+        except StateDamaged as exc:
+            print(f"store-gateway: {exc}", file=sys.stderr)
             return 1
         if args.json:
             # one document; with --watch one per line (JSON Lines), so a script can read them as they come

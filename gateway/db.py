@@ -76,6 +76,62 @@ class SchemaTooNew(RuntimeError):
     """The database was written by a newer gateway than this one."""
 
 
+class StateDamaged(RuntimeError):
+    """The state database file is empty, not a database, or fails SQLite's quick check."""
+
+
+WAY_OUT = (
+    'restore the last backup as docs/operations.md says ("Backup of the state database"), or move the file '
+    "away to start afresh as a new store (its prices, stock and event seq are then lost)"
+)
+
+
+def check_state_file(path: Path) -> None:
+    """Refuse a state database that exists but is a directory or empty (a new one is made only where
+    no file exists: an empty file is a lost database, not a new store)."""
+    if path.is_dir():
+        raise StateDamaged(f"state database {path} is a directory; point [state] path at a file")
+    if path.exists() and path.stat().st_size == 0:
+        wal = path.with_name(path.name + "-wal")
+        if not wal.exists() or wal.stat().st_size == 0:  # a database still wholly in its WAL is not empty
+            raise StateDamaged(f"state database {path} is empty (0 bytes); {WAY_OUT}")
+
+
+def quick_check(conn: sqlite3.Connection, path: Path) -> None:
+    """SQLite's `PRAGMA quick_check` (pages, records, indexes' order; seconds for a big file at most)."""
+    try:
+        rows = [str(row[0]) for row in conn.execute("PRAGMA quick_check(5)")]
+    except sqlite3.DatabaseError as exc:  # "database disk image is malformed": too broken to list
+        if is_full_error(exc):
+            raise  # a full disk, not a damaged file
+        raise StateDamaged(f"state database {path} is damaged ({exc}); {WAY_OUT}") from None
+    if rows != ["ok"]:
+        raise StateDamaged(f"state database {path} is damaged (quick_check: {rows[0]}); {WAY_OUT}")
+
+
+def open_state(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """A checked connection to the state database, created only where no file exists."""
+    check_state_file(path)
+    fresh = not path.exists()
+    if fresh and readonly:
+        raise FileNotFoundError(f"no state database at {path} (has the gateway ever run with this config?)")
+    if fresh:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        conn = connect(path, readonly=readonly)
+    except sqlite3.DatabaseError as exc:  # "file is not a database": its header is gone
+        if is_full_error(exc):
+            raise  # a full disk, not a damaged file: the caller makes room
+        raise StateDamaged(f"state database {path} cannot be read ({exc}); {WAY_OUT}") from None
+    if not fresh:
+        try:
+            quick_check(conn, path)
+        except StateDamaged:
+            conn.close()
+            raise
+    return conn
+
+
 def migrations() -> list[tuple[int, str, str]]:
     """(number, name, sql) of every migration shipped in gateway/migrations/, in order."""
     found = []
@@ -129,16 +185,15 @@ class StateDB:
     def __init__(self, path: Path, *, max_pending: int = MAX_PENDING) -> None:
         self.path = path
         self.max_pending = max_pending
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.conn = connect(path)
+            self.conn = open_state(path)  # StateDamaged: refused, never used
             self.schema_version = migrate(self.conn)
             started_full = False
         except (sqlite3.Error, OSError) as exc:
             if not is_full_error(exc) or not release_reserve(path):
                 raise
             # The disk is full and SQLite cannot even open a WAL database: the reserve makes that room.
-            self.conn = connect(path)
+            self.conn = open_state(path)
             self.schema_version = migrate(self.conn)
             started_full = True
         if not started_full:

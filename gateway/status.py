@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 from gateway import instance, storage
 from gateway.config import Config
-from gateway.db import connect, get_meta
+from gateway.db import get_meta, open_state
 from gateway.timeutil import from_epoch_ms, human_duration, parse_rfc3339, utc_now
 
 Section = Callable[[sqlite3.Connection], dict[str, Any] | None]
@@ -150,9 +150,7 @@ SECTIONS: dict[str, Section] = {
 
 def collect(db_path: Path, config: Config | None = None) -> dict[str, Any]:
     """Everything `status` shows, as a JSON-ready dict."""
-    if not db_path.exists():
-        raise FileNotFoundError(f"no state database at {db_path} (has the gateway ever run with this config?)")
-    conn = connect(db_path, readonly=True)
+    conn = open_state(db_path, readonly=True)  # FileNotFoundError, StateDamaged
     try:
         if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
             # a gateway starting for the first time has created the file but not its tables yet
