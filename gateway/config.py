@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
@@ -104,6 +105,66 @@ class StateConfig(_Section):
 
     path: Path = Path("/var/lib/store-gateway/state.db")
 
+    @field_validator("path", mode="before")
+    @classmethod
+    def _not_empty(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError('must not be empty; the database file, such as "/var/lib/store-gateway/state.db"')
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _usable(cls, value: Path) -> Path:
+        problem = state_path_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+def state_path_problem(path: Path) -> str | None:
+    """Why the gateway could not open or create its database at `path` (None: it can)."""
+    if path.is_dir():
+        return f'{path} is a directory; give the database file in it, such as "{path / "state.db"}"'
+    if path.exists():
+        if not os.access(path, os.R_OK | os.W_OK):
+            return f"{path} is not readable and writable by this user"
+        return None
+    parent = path.parent
+    while not parent.exists():  # the directories are created: the first existing one must allow it
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot be created: {parent} is a file, not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot be created: {parent} is not writable by this user"
+    return None
+
+
+# What each TLS file must hold, as PEM (what `run` loads; anything else fails there on every connect).
+_PEM_EXPECTED = {
+    "ca_file": ("CERTIFICATE", "a PEM certificate (-----BEGIN CERTIFICATE-----) of the broker's CA"),
+    "cert_file": ("CERTIFICATE", "a PEM certificate (-----BEGIN CERTIFICATE-----), the store's client certificate"),
+    "key_file": ("PRIVATE KEY", "a PEM private key (-----BEGIN PRIVATE KEY-----), the client certificate's key"),
+}
+
+
+def pem_problem(path: Path, field: str) -> str | None:
+    """Why `path` is not the PEM file `field` needs (None: it is, as far as its own content goes)."""
+    label, wanted = _PEM_EXPECTED[field]
+    try:
+        text = path.read_bytes()[: 1024 * 1024].decode("ascii")
+    except (OSError, UnicodeDecodeError):
+        return f"{path} is not {wanted} (binary content: a DER file? convert it with openssl to PEM)"
+    if not re.search(rf"-----BEGIN [A-Z ]*{label}-----", text):
+        return f"{path} is not {wanted}"
+    if field == "ca_file":
+        try:
+            ssl.create_default_context(cafile=str(path))
+        except ssl.SSLError as exc:
+            return f"{path} is not {wanted}: {exc.reason or exc}"
+    if field == "key_file" and "ENCRYPTED" in text:
+        return f"{path} is an encrypted key; the gateway starts unattended, so give it the key without a passphrase"
+    return None
+
 
 def check_broker_url(value: str, schemes: tuple[str, ...] = ("mqtt", "mqtts")) -> str:
     parts = urlsplit(value)
@@ -195,8 +256,14 @@ class UplinkConfig(_MqttLogin):
     @field_validator("ca_file", "cert_file", "key_file")
     @classmethod
     def _readable(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if value is not None and _checks_secrets(info) and not os.access(value, os.R_OK):
+        if value is None or not _checks_secrets(info):
+            return value
+        if not os.access(value, os.R_OK) or value.is_dir():
             raise ValueError(f"cannot read {value}")
+        if info.field_name in _PEM_EXPECTED:
+            problem = pem_problem(value, info.field_name)
+            if problem:
+                raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
@@ -427,6 +494,22 @@ def _cross_checks(config: Config) -> list[str]:
     return problems
 
 
+def _tls_pair_problems(config: Config) -> list[str]:
+    """The client certificate and key load together (what the TLS handshake of `run` does first)."""
+    uplink = config.uplink
+    if uplink.cert_file is None or uplink.key_file is None:
+        return []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_cert_chain(str(uplink.cert_file), str(uplink.key_file), password=lambda: b"")
+    except ssl.SSLError as exc:
+        reason = exc.reason or str(exc)
+        if "KEY_VALUES_MISMATCH" in reason.upper():
+            return [f"uplink.key_file: {uplink.key_file} is not the key of {uplink.cert_file}"]
+        return [f"uplink.cert_file: {uplink.cert_file} and {uplink.key_file} do not load together: {reason}"]
+    return []
+
+
 def _dotted(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
@@ -488,7 +571,7 @@ def parse_config(data: dict[str, Any], *, secrets: bool = True) -> Config:
         config = Config.model_validate(data, context={"secrets": secrets})
     except ValidationError as exc:
         raise ConfigError(problems_of(exc)) from None
-    problems = _cross_checks(config)
+    problems = _cross_checks(config) + (_tls_pair_problems(config) if secrets else [])
     if problems:
         raise ConfigError(problems)
     return config
@@ -500,10 +583,14 @@ def load_config(path: Path, *, secrets: bool = True) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"(file): cannot read {path}: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"(file): {path} is not UTF-8 text (byte {exc.start})"]) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"(file): not valid TOML: {exc}"]) from None
+    except RecursionError:  # the parser recurses for each level of nested arrays and inline tables
+        raise ConfigError(["(file): not valid TOML: arrays or inline tables nested too deeply"]) from None
     return parse_config(data, secrets=secrets)
 
 
