@@ -26,11 +26,13 @@ def read_db(path: Path, sql: str, *args: object) -> list[tuple[object, ...]]:
 
 
 def results_for(events: list[dict[str, object]], command_id: str) -> list[dict[str, object]]:
-    return [
-        e["data"]  # type: ignore[misc]
+    """The command_result events for `command_id`, each once (an event may arrive twice, with the same id)."""
+    unique = {
+        e["id"]: e["data"]
         for e in events
         if e["type"] == "command_result" and e["data"]["command_id"] == command_id  # type: ignore[index]
-    ]
+    }
+    return list(unique.values())  # type: ignore[arg-type]
 
 
 async def test_a_command_sent_again_on_purpose_is_answered_duplicate_with_its_first_outcome(
