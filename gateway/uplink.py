@@ -55,7 +55,9 @@ _BACKOFF_CAP_S = 30.0
 # A connection that lasts this long ends an outage (and resets the backoff).
 _STABLE_S = 10.0
 _SESSION_EXPIRY_S = 7 * 24 * 3600
-# An event without its PUBACK for this long ends the connection.
+# An event without its PUBACK for 1.5 keepalives (what the broker allows a silent client), at most
+# this long, ends the connection. While events flow paho never pings (it pings only after a keepalive
+# without sending), so this is what notices a link gone silent.
 _PUBACK_TIMEOUT_S = 10.0
 # Commands received and queued for the writer before the oldest of them is committed and acknowledged.
 COMMANDS_AHEAD = 16
@@ -547,6 +549,7 @@ class Uplink:
         progress = self._wake  # set by every commit (new events) and by PUBACKs (room in the window)
         refill_at = max(1, self.window // 2)  # fetch rows in batches, not one per PUBACK
         window = OutboxWindow(link, progress, refill_at)
+        puback_timeout_s = min(_PUBACK_TIMEOUT_S, 1.5 * self.config.uplink.keepalive_s)
         cursor = 0
         try:
             while True:
@@ -579,7 +582,7 @@ class Uplink:
                 if stopping:
                     wait_s: float | None = 5.0
                 elif window.in_flight:
-                    wait_s = max(0.0, _PUBACK_TIMEOUT_S - window.oldest_wait_s())
+                    wait_s = max(0.0, puback_timeout_s - window.oldest_wait_s())
                 else:
                     wait_s = None
                 try:
@@ -591,8 +594,8 @@ class Uplink:
                             len(window.in_flight),
                         )
                         return
-                    if window.oldest_wait_s() >= _PUBACK_TIMEOUT_S:
-                        raise LinkError(f"no PUBACK for {_PUBACK_TIMEOUT_S:.0f} s") from None
+                    if window.oldest_wait_s() >= puback_timeout_s:
+                        raise LinkError(f"no PUBACK for {puback_timeout_s:.1f} s") from None
         finally:
             window.close()
 

@@ -16,6 +16,7 @@ from tests.peers import nats as nats_peer
 from tests.peers import rabbitmq as rabbitmq_peer
 from tests.peers.brokers import HQ_USER, STORE_GROUPS, STORE_PASSWORDS, MqttBroker
 from tests.peers.disk import SmallDisk
+from tests.peers.hq import GatewayProcess
 from tests.peers.mosquitto import MosquittoBroker, make_tls_files, require_mosquitto
 from tests.peers.nats import NatsServer, NatsUser
 from tests.peers.postgres import PostgresServer
@@ -167,3 +168,20 @@ def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
     disk = SmallDisk(tmp_path / "disk")
     yield disk
     disk.close()
+
+
+@pytest.fixture
+def gateway_process() -> Iterator[Callable[[Path], GatewayProcess]]:
+    """Make `store-gateway run` child processes (log beside the config); any still running is killed
+    at the end, so a failing test leaves no daemon behind."""
+    made: list[GatewayProcess] = []
+
+    def make(config_path: Path) -> GatewayProcess:
+        process = GatewayProcess(config_path, config_path.parent / "gateway.log")
+        made.append(process)
+        return process
+
+    yield make
+    for process in made:
+        if process.process is not None and process.process.poll() is None:
+            process.kill()

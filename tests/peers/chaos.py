@@ -14,22 +14,39 @@ bench/chaos.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import random
 import sqlite3
 import time
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
+
+from gateway import outbox
+from gateway.config import load_config
 from tests.peers.escpos_printer import CUT, EscposPrinterPeer, text_of
 from tests.peers.hq import GatewayProcess, HeadOffice, head_office, write_config
 from tests.peers.mosquitto import MosquittoBroker
 from tests.peers.oepl_ap import FakeAccessPoint
 from tests.peers.pty_scanner import PtyScanner
+from tests.peers.tcp_proxy import TcpProxy
 
 SKUS = [f"K{n:02d}" for n in range(12)]
+
+
+def _gtin13(n: int) -> str:
+    body = f"376{n:09d}"
+    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
+    return body + str((10 - total % 10) % 10)
+
+
+GTINS = {sku: _gtin13(n) for n, sku in enumerate(SKUS)}
 LABELS = [f"00000000C0FFEE{n:02X}" for n in range(len(SKUS))]
 STOCK = 100_000  # on hand of every sku at the start: every applied stock.adjust takes one
 
@@ -102,7 +119,7 @@ class _Workload:
         self.scans = 0
 
     async def setup(self) -> None:
-        items = [{"sku": s, "price": "1.00", "currency": "EUR", "version": 1} for s in SKUS]
+        items = [{"sku": s, "price": "1.00", "currency": "EUR", "gtin": GTINS[s], "version": 1} for s in SKUS]
         await self._send("price.set", {"items": items})
         await self._send("stock.set", {"items": [{"sku": s, "on_hand": STOCK, "version": 1} for s in SKUS]})
         labels = [{"label": mac, "sku": sku, "station": "ap-1"} for mac, sku in zip(LABELS, SKUS, strict=True)]
@@ -130,7 +147,7 @@ class _Workload:
             await self._send("print", {"printer": "till-1", "document": "test_page", "note": note})
         else:
             self.scans += 1
-            self.scanner.scan(f"{self.rng.randrange(10**7):08d}")
+            self.scanner.scan(GTINS[sku])  # count mode: a scan and a stock event
 
     async def run(self, stop: asyncio.Event, interval_s: float) -> None:
         while not stop.is_set():
@@ -270,7 +287,147 @@ def _count(figures: ChaosFigures, hq: HeadOffice, work: _Workload, printer: Escp
     figures.integrity = "; ".join(str(r[0]) for r in _read(db_path, "PRAGMA integrity_check"))
     figures.details = {
         "scans_typed": work.scans,
-        "label_uploads": 0,
+        "scan_events": len({e["id"] for e in events if e["type"] == "scan"}),
         "kinds": dict(Counter(e["type"] for e in events)),
         "results": dict(Counter(r["status"] for r in results)),
+    }
+
+
+def _scan_event(n: int) -> dict[str, Any]:
+    return {"scanner": "aisle", "code": f"outage-{n}", "sku": None, "mode": "count"}
+
+
+async def outage_drain(broker: MosquittoBroker, workdir: Path, *, events: int = 100_000) -> dict[str, Any]:
+    """The broker down while `events` events pile up in the outbox; then back: drain rate, order, losses.
+
+    The events are written into the running gateway's state database from outside (as its devices
+    would have made them during the outage), with the broker stopped; head office's persistent session
+    receives them when the broker is back.
+    """
+    store = "drain"
+    config_path = write_config(workdir, broker, store=store)
+    db_path = workdir / "state.db"
+    gateway = GatewayProcess(config_path, workdir / "gateway.log")
+    try:
+        async with head_office(broker, store, client_id="hq-drain") as hq:
+            gateway.start()
+            await hq.wait_for(lambda s: s.get("state") == "online" and "type" not in s, timeout=30)
+        broker.stop()
+        conn = sqlite3.connect(db_path, timeout=30)
+        conn.execute("BEGIN IMMEDIATE")
+        first = conn.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()[0]
+        made = outbox.append_many(conn, "scan", (_scan_event(n) for n in range(events)))
+        conn.execute("COMMIT")
+        ids = {row[0] for row in conn.execute("SELECT id FROM outbox WHERE kind = 'scan'")}
+        conn.close()
+        broker.start()
+        back = time.monotonic()
+        async with _scan_counter(broker, store) as scans:
+            first_in = await _until(lambda: len(scans) > 0, 120)
+            last_in = await _until(lambda: len({event_id for event_id, _ in scans}) >= made, 300)
+            await asyncio.sleep(0.5)  # copies sent again after a lost PUBACK would come now
+        assert gateway.terminate() == 0, gateway.log[-3000:]
+    finally:
+        if gateway.process is not None and gateway.process.poll() is None:
+            gateway.kill()
+    seen: set[str] = set()
+    firsts = []
+    for event_id, seq in scans:
+        if event_id not in seen:
+            seen.add(event_id)
+            firsts.append(seq)
+    return {
+        "events": made,
+        "lost": len(ids - seen),
+        "duplicated": len(scans) - len(seen),
+        "in_seq_order": firsts == sorted(firsts) and firsts[0] > first,
+        "first_event_after_broker_back_s": round(first_in - back, 2),
+        "drain_s": round(last_in - first_in, 2),
+        "drain_per_s": round(made / max(0.001, last_in - first_in)),
+    }
+
+
+async def _until(condition: Callable[[], bool], timeout_s: float) -> float:
+    """Poll `condition` every 50 ms; the monotonic time it became true."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {timeout_s} s")
+        await asyncio.sleep(0.05)
+    return time.monotonic()
+
+
+@contextlib.asynccontextmanager
+async def _scan_counter(broker: MosquittoBroker, store: str) -> AsyncIterator[list[tuple[str, int]]]:
+    """Head office's persistent session ("hq-drain") collecting (id, seq) of scan events, nothing more:
+    a validating collector would be slower than the gateway it measures."""
+    scans: list[tuple[str, int]] = []
+    client = aiomqtt.Client(broker.host, broker.port, identifier="hq-drain", clean_session=False)
+
+    async def collect() -> None:
+        async for message in client.messages:
+            event = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+            if event.get("type") == "scan":
+                scans.append((event["id"], event["seq"]))
+
+    async with client:
+        await client.subscribe(f"retail/stores/{store}/events/#", qos=1)
+        task = asyncio.create_task(collect())
+        try:
+            yield scans
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await task
+
+
+async def blackholed_link(broker: MosquittoBroker, workdir: Path, *, scans: int = 40) -> dict[str, Any]:
+    """The link goes silent (every byte swallowed, nothing closed) while a scanner keeps scanning:
+    how long the gateway takes to notice, against its keepalive, and whether every scan arrives."""
+    store = "hole"
+    proxy = TcpProxy(broker.port)
+    scanner = PtyScanner(workdir, "aisle")
+    extra = f'[[scanners]]\nid = "aisle"\nport = "{scanner.path}"\nmode = "count"\n'
+    config_path = write_config(workdir, broker, store=store, extra=extra)
+    config_path.write_text(config_path.read_text().replace(broker.url, proxy.url))
+    keepalive_s = load_config(config_path).uplink.keepalive_s
+    db_path = workdir / "state.db"
+    gateway = GatewayProcess(config_path, workdir / "gateway.log")
+    codes = [f"{n:08d}" for n in range(scans)]
+    try:
+        async with head_office(broker, store, client_id="hq-hole") as hq:
+            gateway.start()
+            await hq.wait_for(lambda s: s.get("state") == "online" and "type" not in s, timeout=30)
+            await hq.count(lambda e: e["type"] == "device" and e["data"]["status"] == "online", 1)
+            for code in codes[: scans // 2]:
+                scanner.scan(code)
+            await hq.count(lambda e: e["type"] == "scan", scans // 2)
+            proxy.blackhole()
+            silent = time.monotonic()
+            for code in codes[scans // 2 :]:
+                scanner.scan(code)
+                await asyncio.sleep(0.05)
+
+            def offline() -> bool:
+                rows = _read(db_path, "SELECT value FROM meta WHERE key = 'uplink.state'")
+                return bool(rows) and rows[0][0] == "offline"
+
+            noticed = await _until(offline, keepalive_s * 4)
+            proxy.release()
+            await hq.count(lambda e: e["type"] == "scan", scans, timeout=60)
+            await asyncio.sleep(0.5)
+            got = [e["data"]["code"] for e in hq.events if e["type"] == "scan"]
+        assert gateway.terminate() == 0, gateway.log[-3000:]
+    finally:
+        if gateway.process is not None and gateway.process.poll() is None:
+            gateway.kill()
+        proxy.close()
+        scanner.close()
+    return {
+        "keepalive_s": keepalive_s,
+        "noticed_after_s": round(noticed - silent, 2),
+        "noticed_in_keepalives": round((noticed - silent) / keepalive_s, 2),
+        "scans": scans,
+        "lost": len(set(codes) - set(got)),
+        "duplicated": len(got) - len(set(got)),
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.peers.hq import GatewayProcess, head_office, write_config
@@ -36,10 +37,10 @@ def results_for(events: list[dict[str, object]], command_id: str) -> list[dict[s
 
 
 async def test_a_command_sent_again_on_purpose_is_answered_duplicate_with_its_first_outcome(
-    mosquitto: MosquittoBroker, tmp_path: Path
+    mosquitto: MosquittoBroker, tmp_path: Path, gateway_process: Callable[[Path], GatewayProcess]
 ) -> None:
     config_path = write_config(tmp_path, mosquitto, store="again")
-    gateway = GatewayProcess(config_path, tmp_path / "gateway.log").start()
+    gateway = gateway_process(config_path).start()
     try:
         async with head_office(mosquitto, "again") as hq:
             await hq.wait_for(lambda s: s.get("state") == "online" and "type" not in s)
@@ -72,12 +73,12 @@ async def test_a_command_sent_again_on_purpose_is_answered_duplicate_with_its_fi
 
 
 async def test_a_crash_between_commit_and_puback_gets_no_second_answer(
-    own_mosquitto: MosquittoBroker, tmp_path: Path
+    own_mosquitto: MosquittoBroker, tmp_path: Path, gateway_process: Callable[[Path], GatewayProcess]
 ) -> None:
     proxy = TcpProxy(own_mosquitto.port)
     config_path = write_config(tmp_path, own_mosquitto, store="dup")
     config_path.write_text(config_path.read_text().replace(own_mosquitto.url, proxy.url))
-    gateway = GatewayProcess(config_path, tmp_path / "gateway.log")
+    gateway = gateway_process(config_path)
     try:
         async with head_office(own_mosquitto, "dup", client_id="hq-dup") as hq:
             gateway.start()

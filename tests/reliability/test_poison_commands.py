@@ -184,10 +184,10 @@ ROUNDS = 8  # 20 kinds x 8 = 160 messages: more than the broker keeps in flight 
 
 
 async def test_hostile_commands_are_each_answered_once_and_never_block_later_ones(
-    own_mosquitto: MosquittoBroker, tmp_path: Path
+    own_mosquitto: MosquittoBroker, tmp_path: Path, gateway_process: Callable[[Path], GatewayProcess]
 ) -> None:
     config_path = write_config(tmp_path, own_mosquitto, store=STORE)
-    gateway = GatewayProcess(config_path, tmp_path / "gateway.log")
+    gateway = gateway_process(config_path)
     sent: dict[str, Poison] = {}
     idless: Counter[str] = Counter()
     async with head_office(own_mosquitto, STORE, client_id="hq-poison") as hq:
