@@ -109,6 +109,20 @@ def quick_check(conn: sqlite3.Connection, path: Path) -> None:
         raise StateDamaged(f"state database {path} is damaged (quick_check: {rows[0]}); {WAY_OUT}")
 
 
+def _create(path: Path) -> None:
+    """A new, empty database put in place whole: `path` is never seen with 0 bytes (by `status`, or by
+    the next start after a power cut in the first instant), which would mean a lost database."""
+    building = path.with_name(path.name + ".new")
+    for leftover in (building, building.with_name(building.name + "-wal"), building.with_name(building.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    conn = sqlite3.connect(building, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")  # writes the header page
+    finally:
+        conn.close()
+    building.replace(path)
+
+
 def open_state(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """A checked connection to the state database, created only where no file exists."""
     check_state_file(path)
@@ -117,6 +131,7 @@ def open_state(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         raise FileNotFoundError(f"no state database at {path} (has the gateway ever run with this config?)")
     if fresh:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _create(path)
     try:
         conn = connect(path, readonly=readonly)
     except sqlite3.DatabaseError as exc:  # "file is not a database": its header is gone
