@@ -122,7 +122,7 @@ def describe_failure(
     if connecting and failure.kind in ("closed", "timeout"):
         return LinkFailure(
             "protocol",
-            f"{failure.text} before answering our MQTT 5 CONNECT: the broker probably does not speak MQTT 5 "
+            f"no answer to our MQTT 5 CONNECT ({failure.text}): the broker probably does not speak MQTT 5 "
             '(RabbitMQ 3 and NATS 2 speak only MQTT 3.1.1); set uplink.protocol = "3.1.1"',
         )
     return failure
