@@ -9,6 +9,7 @@ hand is committed and acknowledged, then the worker exits 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import signal
@@ -82,7 +83,10 @@ class Ingest:
                     raise ConnectionError(f"PostgreSQL: {reason}") from None
                 if delay == 0.5:
                     log.warning("PostgreSQL: %s; retrying", reason)
-                await asyncio.sleep(delay * (0.5 + random.random()))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), delay * (0.5 + random.random()))
+                if self.stop.is_set():  # the batch in hand is not acknowledged: the broker gives it again
+                    raise ConnectionError(f"stopped while PostgreSQL was unreachable ({reason})") from None
                 delay = min(delay * 2, 15)
 
     async def write(self, deliveries: list[Delivery]) -> BatchResult:

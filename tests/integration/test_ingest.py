@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from tests.peers.brokers import MqttBroker
 from tests.peers.hq import head_office, running_gateway, write_config
 from tests.peers.mosquitto import MosquittoBroker
 from tests.peers.nats import NatsServer
+from tests.peers.postgres import PostgresServer
 from tests.peers.rabbitmq import RabbitMQBroker
 from tests.peers.stores import IngestProcess, event, publish_events, run_ingest
 
@@ -235,3 +238,31 @@ async def test_two_workers_on_one_queue_never_write_a_row_twice(
     assert sum(written) == len(sent)
     assert all(n > 0 for n in written), f"one worker did all the work: {written}"
     assert rows(pg_dsn, "SELECT sum(duplicates) FROM stores") == [(1,)]
+
+
+async def test_postgresql_down_the_worker_keeps_the_batch_and_a_stop_still_ends_it(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    """The database goes away under a running worker: nothing is acknowledged, SIGTERM still ends the worker
+    (exit 1, naming PostgreSQL), and once the database is back the events held by the broker land."""
+    server = PostgresServer(Path(tempfile.mkdtemp(prefix="store-gateway-pg-")))
+    prefix = f"pgdown{int(time.time()) % 10000}"
+    args = ["--client-id", f"{prefix}-ingest"]
+    try:
+        dsn = server.start().create_database("hq")
+        run_ingest(mosquitto.url, dsn, *args, prefix=prefix)
+        worker = IngestProcess.start(mosquitto.url, dsn, tmp_path / "w.log", *args, prefix=prefix)
+        sent = [event("pg01", seq) for seq in range(1, 11)]
+        await publish_events(mosquitto.url, sent[:5], prefix=prefix)
+        await wait_rows(dsn, "SELECT count(*) FROM events", lambda r: r[0][0] == 5)
+        server.stop()
+        await publish_events(mosquitto.url, sent[5:], prefix=prefix)
+        await asyncio.sleep(1.5)
+        assert worker.terminate(timeout=20) == 1
+        assert "hq ingest: stopped while PostgreSQL was unreachable" in worker.log
+        server.start()
+        run_ingest(mosquitto.url, dsn, *args, prefix=prefix)
+        assert_exactly_once(dsn, sent)
+    finally:
+        server.stop()
+        shutil.rmtree(server.workdir, ignore_errors=True)
