@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiomqtt
 import psycopg
 
 from tests.peers.brokers import MqttBroker
@@ -38,11 +40,20 @@ async def hq(broker: MqttBroker, prefix: str, *args: str, timeout: float = 90) -
 
 @contextlib.asynccontextmanager
 async def gateways(broker: MqttBroker, prefix: str, base: Path, stores: list[str]) -> AsyncIterator[None]:
-    """Real gateways of the group `g1`, each in this event loop, until the block ends."""
+    """Real gateways of the group `g1`, each in this event loop, until the block ends; the block starts once
+    every one has said `online` (published after it subscribed, so its session holds the subscriptions)."""
     async with contextlib.AsyncExitStack() as stack:
+        watcher = await stack.enter_async_context(aiomqtt.Client(broker.host, broker.port))
+        await watcher.subscribe(f"{prefix}/stores/+/gateway/state", qos=1)
         for store in stores:
             await stack.enter_async_context(running_gateway(config(broker, prefix, base, store)))
-        await asyncio.sleep(0.5)  # subscribed (the daemon subscribes right after CONNACK)
+        online: set[str] = set()
+        async with asyncio.timeout(30):
+            async for message in watcher.messages:
+                if json.loads(bytes(message.payload)).get("state") == "online":  # type: ignore[arg-type]
+                    online.add(str(message.topic).split("/")[2])
+                if online >= set(stores):
+                    break
         yield
 
 
