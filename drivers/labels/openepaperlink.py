@@ -271,7 +271,7 @@ class OpenEPaperLinkStation:
                     ws_url, heartbeat=30, timeout=aiohttp.ClientWSTimeout(ws_close=5)
                 ) as ws:
                     if failures:
-                        log.info("%s: websocket back after %d failures", self.name, failures)
+                        log.info("%s (%s): websocket back after %d failures", self.name, ws_url, failures)
                     failures, backoff = 0, 0.5
                     self.ws_connected.set()
                     async for message in ws:

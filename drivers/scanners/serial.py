@@ -99,13 +99,13 @@ class SerialScanner:
     async def reply(self, text: str) -> None:
         writer = self._writer
         if writer is None or writer.transport.is_closing():
-            log.info("%s: reply dropped, the scanner is offline", self.name)
+            log.info("%s (%s): reply dropped, the scanner is offline", self.name, self.port)
             return
         writer.write(text.encode(self.framing.reply_encoding, "replace") + self.framing.reply_terminator)
         try:
             await writer.drain()
         except (serial.SerialException, OSError) as exc:
-            log.warning("%s: reply not written: %s", self.name, exc)
+            log.warning("%s (%s): reply not written: %s", self.name, self.port, reason(exc))
 
     async def close(self) -> None:
         self._closed = True

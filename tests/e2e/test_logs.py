@@ -182,6 +182,30 @@ async def test_each_command_is_logged_once_with_its_outcome(mosquitto: Mosquitto
     )
 
 
+async def test_an_unreachable_printer_is_named_once_with_its_url(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(
+        tmp_path,
+        mosquitto,
+        store="logs3",
+        extra=f'[logging]\nlevel = "DEBUG"\n\n[[printers]]\nid = "till-1"\nurl = "tcp://127.0.0.1:{port}"\ntimeout_s = 1\n',
+    )
+    gateway = GatewayProcess(config, tmp_path / "gateway.log")
+    async with head_office(mosquitto, "logs3") as hq:
+        gateway.start()
+        try:
+            await hq.wait_for(lambda s: s.get("state") == "online", timeout=30)
+            result = await hq.command("print", {"printer": "till-1", "document": "test_page"})
+            assert result["status"] == "applied"  # queued: it waits for the printer
+            log = await wait_in_log(gateway, rf"printer tcp://127\.0\.0\.1:{port}: status unavailable", count=3)
+        finally:
+            assert gateway.terminate() == 0
+    warnings = records(log, "WARNING")
+    assert [w.split(" WARNING ", 1)[1] for w in warnings] == [
+        f"gateway.devices: printer till-1 (tcp://127.0.0.1:{port}): offline: unreachable"
+    ], "\n".join(warnings)
+
+
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 async def test_another_client_with_our_id_is_named(mosquitto: MosquittoBroker, tmp_path: Path, protocol: str) -> None:
     config = write_config(tmp_path, mosquitto, store=f"twin{protocol[0]}", uplink_extra=f'protocol = "{protocol}"\n')
