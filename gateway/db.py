@@ -460,7 +460,8 @@ class StateDB:
                     try:
                         outcomes.append((True, run(job, conn)))
                     except Exception:
-                        conn.execute("ROLLBACK")
+                        if conn.in_transaction:  # (SQLite itself rolls back on some errors: a full disk)
+                            conn.execute("ROLLBACK")
                         return None
                     continue
                 conn.execute("SAVEPOINT job")
@@ -468,6 +469,8 @@ class StateDB:
                     outcomes.append((True, run(job, conn)))
                     conn.execute("RELEASE job")
                 except Exception as exc:  # a failing job rolls back alone
+                    if not conn.in_transaction:  # SQLite rolled the whole transaction back (a full disk)
+                        return [(False, exc)] * len(batch)
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
                     outcomes.append((False, exc))
