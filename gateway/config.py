@@ -6,6 +6,7 @@ The keys are those of contract.md §2; docs/configuration.md describes each one.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import ssl
@@ -65,6 +66,7 @@ SECRET_KEYS = {
     "bind_key": "bind_key_file or bind_key_env",
     "bindkey": "bind_key_file or bind_key_env",
     "key_password": "a key_file without a passphrase, readable only by the gateway (mode 0640)",
+    "token": "token_file or token_env",
 }
 
 
@@ -427,6 +429,76 @@ class OrdersConfig(_Section):
     flash_seconds: Annotated[float, Field(gt=0, le=600)] = 60.0
 
 
+def split_listen(value: str) -> tuple[str, int]:
+    """`host:port` (IPv6 as `[::1]:8080`) into its host and port; ValueError with the fix otherwise."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f'"{value}" is not host:port; expected e.g. "127.0.0.1:8080"')
+    host = host.removeprefix("[").removesuffix("]")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f'port "{port_text}" is not a number from 1 to 65535')
+    return host, int(port_text)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class HttpConfig(_Section):
+    """[http]: the read-only status page, JSON API and metrics. Absent: no HTTP server at all."""
+
+    listen: str = "127.0.0.1:8080"
+    token_file: Path | None = None
+    token_env: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        split_listen(value)
+        return value
+
+    @field_validator("token_file")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not os.access(value, os.R_OK):
+            raise ValueError(f"cannot read {value}")
+        if value is not None and not value.read_text(encoding="utf-8").strip():
+            raise ValueError(f"{value} is empty; put the token in it")
+        return value
+
+    @field_validator("token_env")
+    @classmethod
+    def _env_set(cls, value: str | None) -> str | None:
+        if value is not None and not os.environ.get(value, "").strip():
+            raise ValueError(f"environment variable {value} is not set (or empty)")
+        return value
+
+    @property
+    def host(self) -> str:
+        return split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_listen(self.listen)[1]
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+    def token(self) -> str | None:
+        """The bearer token from its file or environment variable, never from the TOML."""
+        if self.token_file is not None:
+            return self.token_file.read_text(encoding="utf-8").strip()
+        if self.token_env is not None:
+            return os.environ[self.token_env].strip()
+        return None
+
+
 class LoggingConfig(_Section):
     """[logging]: how much the daemon says."""
 
@@ -448,6 +520,7 @@ class Config(_Section):
     orders: OrdersConfig = OrdersConfig()
     codes: CodesConfig = CodesConfig()
     logging: LoggingConfig = LoggingConfig()
+    http: HttpConfig | None = None
 
     @property
     def client_id(self) -> str:
@@ -491,6 +564,15 @@ def _cross_checks(config: Config) -> list[str]:
             problems.append(f'shelves[{index}].sensor: no sensor with id "{shelf.sensor}"')
         if shelf.low >= shelf.capacity:
             problems.append(f"shelves[{index}].low: must be below capacity ({shelf.capacity})")
+    if config.http is not None:
+        http = config.http
+        if http.token_file is not None and http.token_env is not None:
+            problems.append("http.token_file: give token_file or token_env, not both")
+        if not http.loopback and http.token_file is None and http.token_env is None:
+            problems.append(
+                f'http.listen: "{http.listen}" is not a loopback address, so it needs a token: '
+                'add token_file = "/etc/store-gateway/http-token" (or token_env), or listen on 127.0.0.1'
+            )
     return problems
 
 
@@ -629,4 +711,8 @@ def summary(config: Config) -> str:
         )
     if config.sensors:
         lines.append(f"local mqtt {config.local_mqtt.url}")
+    if config.http is not None:
+        http = config.http
+        guard = "loopback, no token" if http.loopback and http.token() is None else "bearer token required"
+        lines.append(f"http       http://{http.listen}/  ({guard})")
     return "\n".join(lines)

@@ -21,6 +21,7 @@ from gateway.clock import WallClock, last_recorded
 from gateway.commands import Dispatcher
 from gateway.config import Config
 from gateway.db import StateDB, set_meta
+from gateway.http.server import HttpService
 from gateway.instance import InstanceLock
 from gateway.labels.service import LabelService
 from gateway.orders import OrderService
@@ -47,6 +48,7 @@ SERVICES: list[Callable[[Gateway], Service]] = [
     ScanningService,
     ShelfService,
     OrderService,
+    HttpService,
 ]
 
 _STOP_BUDGET_S = 8.0
@@ -94,6 +96,7 @@ async def _run(config: Config, stop: asyncio.Event) -> int:
     for service in services:
         service.setup()
     uplink = Uplink(config, db, gateway.apply_command, version=__version__, started_at=started_at)
+    gateway.metrics.watch_uplink(uplink)
 
     tasks: list[asyncio.Task[None]] = []
     uplink_task = loop.create_task(gateway.supervisor.supervise("uplink", uplink.run), name="uplink")

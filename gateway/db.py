@@ -264,6 +264,11 @@ class StateDB:
         self._writer = threading.Thread(target=self._write_loop, name="db-writer", daemon=True)
         self._writer.start()
 
+    @property
+    def writer_alive(self) -> bool:
+        """True while the writer thread runs (for the HTTP health check)."""
+        return self._writer is not None and self._writer.is_alive()
+
     async def write(self, job: Callable[[sqlite3.Connection], T], *, what: str | None = "other writes") -> T:
         """Run `job` inside the next group commit; return its result once it is committed.
 

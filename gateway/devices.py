@@ -17,6 +17,10 @@ log = logging.getLogger(__name__)
 
 DeviceStatus = Literal["online", "offline", "error"]
 
+# Bumped (on the writer thread) whenever a device's status row changes; the availability publisher
+# compares it after each commit instead of reading the devices table on every commit.
+changes = 0
+
 
 def report(
     conn: sqlite3.Connection,
@@ -39,6 +43,8 @@ def report(
         "detail = excluded.detail, since_ms = excluded.since_ms",
         (device, kind, status, detail, epoch_ms(utc_now())),
     )
+    global changes
+    changes += 1
     data: dict[str, str] = {"device": device, "kind": kind, "status": status}
     if detail:
         data["detail"] = detail

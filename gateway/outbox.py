@@ -37,6 +37,10 @@ class OutboxEvent:
         ).encode()
 
 
+# Acknowledged events kept for `GET /api/events` and the status page (the outbox forgets them at PUBACK).
+RECENT_KEPT = 200
+
+
 def event_id() -> str:
     """A random (version 4) UUID as 32 hex digits, without building a uuid.UUID: this runs per event."""
     raw = bytearray(os.urandom(16))
@@ -85,4 +89,28 @@ def delete(conn: sqlite3.Connection, seqs: Iterable[int]) -> None:
             ranges[-1] = (ranges[-1][0], seq)
         else:
             ranges.append((seq, seq))
+    if not ranges:
+        return
+    # keep the newest acknowledged events for the status page (only those that can stay)
+    floor = ranges[-1][1] - RECENT_KEPT
+    kept = [(max(low, floor + 1), high) for low, high in ranges if high > floor]
+    conn.executemany(
+        "INSERT OR IGNORE INTO recent_events (seq, id, kind, at, data) "
+        "SELECT seq, id, kind, at, data FROM outbox WHERE seq BETWEEN ? AND ?",
+        kept,
+    )
     conn.executemany("DELETE FROM outbox WHERE seq BETWEEN ? AND ?", ranges)
+    conn.execute("DELETE FROM recent_events WHERE seq <= (SELECT max(seq) FROM recent_events) - ?", (RECENT_KEPT,))
+
+
+def recent(conn: sqlite3.Connection, limit: int) -> list[OutboxEvent]:
+    """The newest events, waiting or already acknowledged, newest first (up to RECENT_KEPT of the latter)."""
+    rows = conn.execute(
+        "SELECT seq, id, kind, at, data, created_ms FROM ("
+        "  SELECT seq, id, kind, at, data, created_ms FROM (SELECT * FROM outbox ORDER BY seq DESC LIMIT ?)"
+        "  UNION ALL"
+        "  SELECT seq, id, kind, at, data, 0 FROM (SELECT * FROM recent_events ORDER BY seq DESC LIMIT ?)"
+        ") ORDER BY seq DESC LIMIT ?",
+        (limit, limit, limit),
+    ).fetchall()
+    return [OutboxEvent(*row) for row in rows]

@@ -217,6 +217,7 @@ class ScanningService(Service):
             answer = await self.gateway.db.read(functools.partial(price_check, code=code, now=now))
             if config.reply:
                 await scanner.reply(reply_line(config, answer))
+                self.gateway.metrics.scan_reply_seconds.observe((utc_now() - now).total_seconds())
             data = scan_event(config.id, config.mode, code, answer)
             job = functools.partial(outbox.append, kind="scan", data=data, at=now)
             with contextlib.suppress(StorageFull):  # the customer had the answer; the lost event is counted
@@ -232,3 +233,4 @@ class ScanningService(Service):
             return
         if config.reply and "result" in data:
             await scanner.reply(str(data["result"]))
+            self.gateway.metrics.scan_reply_seconds.observe((utc_now() - now).total_seconds())

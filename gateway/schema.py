@@ -172,6 +172,12 @@ class GatewayState(_Event):
     storage: StorageState | None = None  # in `online` states; published again when it changes
 
 
+class DeviceAvailability(_Event):
+    """Retained per configured device; an empty retained payload clears a device removed from the config."""
+
+    state: Literal["online", "offline"]
+
+
 COMMANDS: dict[str, type[CommandModel]] = {
     "price.set": PriceSet,
     "stock.set": StockSet,
@@ -225,6 +231,7 @@ def asyncapi() -> dict[str, Any]:
     add("CommandEnvelope", Envelope)
     add("EventEnvelope", EventEnvelope)
     add("GatewayState", GatewayState)
+    add("DeviceAvailability", DeviceAvailability)
     for name, command_model in COMMANDS.items():
         key = "Command_" + name.replace(".", "_")
         data = add(key + "_data", command_model)
@@ -297,6 +304,20 @@ def asyncapi() -> dict[str, Any]:
         "channel": {"$ref": "#/channels/GatewayState"},
         "summary": "online on every connect, offline on shutdown and as the will",
     }
+    messages["DeviceAvailability"] = {"name": "availability", "contentType": "application/json",
+                                      "payload": {"$ref": "#/components/schemas/DeviceAvailability"}}  # fmt: skip
+    channels["DeviceAvailability"] = {
+        "address": "{prefix}/stores/{store}/devices/{device}/availability",
+        "description": "retained; one per configured device; not covered by the last will (read the gateway's "
+        "state first); an empty retained payload clears a device removed from the config",
+        "messages": {"DeviceAvailability": {"$ref": "#/components/messages/DeviceAvailability"}},
+        "parameters": {p: {"$ref": f"#/components/parameters/{p}"} for p in ("prefix", "store", "device")},
+    }
+    operations["send_DeviceAvailability"] = {
+        "action": "send",
+        "channel": {"$ref": "#/channels/DeviceAvailability"},
+        "summary": "on every connection and on every change of a device's status (error counts as offline)",
+    }
     return {
         "asyncapi": "3.0.0",
         "info": {
@@ -316,6 +337,7 @@ def asyncapi() -> dict[str, Any]:
                 "prefix": {"description": "uplink.topic_prefix (default retail)"},
                 "store": {"description": "store.id"},
                 "group": {"description": "a head-office broadcast group the store follows (store.groups)"},
+                "device": {"description": "a device id from the config (printers, scanners, label_stations, sensors)"},
             },
         },
     }

@@ -20,6 +20,7 @@ from gateway.bus import Bus
 from gateway.commands import CommandResult, Dispatcher
 from gateway.config import Config
 from gateway.db import StateDB
+from gateway.metrics import Metrics
 from gateway.supervisor import Device, Supervisor
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class Gateway:
     dispatcher: Dispatcher
     supervisor: Supervisor
     parts: list[LongRunningPart] = field(default_factory=list)
+    metrics: Metrics = field(default_factory=Metrics)
 
     @property
     def timezone(self) -> ZoneInfo:
@@ -101,6 +103,10 @@ class Gateway:
             return result
         for signal in result.signals:
             self.bus.publish(signal)
+        elapsed = time.perf_counter() - started
+        known_type = result.type if result.type in self.dispatcher.supported else "unknown"  # HQ's typos: one label
+        self.metrics.commands.labels(known_type, result.status).inc()
+        self.metrics.command_seconds.observe(elapsed)
         first_error = f" ({result.errors[0].field}: {result.errors[0].message})" if result.errors else ""
         log.info(
             "command %s %s: %s, %d applied, %d skipped%s (%.0f ms)",
@@ -110,7 +116,7 @@ class Gateway:
             result.applied,
             result.skipped,
             first_error[:200],
-            (time.perf_counter() - started) * 1000,
+            elapsed * 1000,
         )
         return result
 

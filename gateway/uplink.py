@@ -35,6 +35,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway import outbox
+from gateway.availability import AvailabilityPublisher
 from gateway.commands import CommandResult
 from gateway.config import Config
 from gateway.db import StateDB, set_meta
@@ -178,22 +179,26 @@ class OutboxWindow:
     `publish_nowait()` that sent it has returned and recorded the mid.
     """
 
-    def __init__(self, link: MqttConnection, progress: asyncio.Event, refill_at: int) -> None:
+    def __init__(
+        self, link: MqttConnection, progress: asyncio.Event, refill_at: int, acked_by_kind: dict[str, int]
+    ) -> None:
         self._link = link
         self._progress = progress
         self._refill_at = refill_at
-        self.in_flight: dict[int, tuple[int, float]] = {}  # mid -> (seq, monotonic time sent), oldest first
+        self._acked_by_kind = acked_by_kind
+        # mid -> (seq, monotonic time sent, kind), oldest first
+        self.in_flight: dict[int, tuple[int, float, str]] = {}
         self.acked: list[int] = []
         self.refused: list[tuple[int, str]] = []
         link.on_puback = self._on_puback
 
-    def publish(self, topic: str, payload: bytes, seq: int) -> None:
+    def publish(self, topic: str, payload: bytes, seq: int, kind: str) -> None:
         mid = self._link.publish_nowait(topic, payload, qos=1)
-        self.in_flight[mid] = (seq, time.monotonic())
+        self.in_flight[mid] = (seq, time.monotonic(), kind)
 
     def oldest_wait_s(self) -> float:
         """How long the oldest event in flight has waited for its PUBACK (0 when none is)."""
-        for _seq, sent in self.in_flight.values():
+        for _seq, sent, _kind in self.in_flight.values():
             return time.monotonic() - sent
         return 0.0
 
@@ -208,6 +213,7 @@ class OutboxWindow:
             self.refused.append((sent[0], str(reason)))
         else:
             self.acked.append(sent[0])
+            self._acked_by_kind[sent[2]] = self._acked_by_kind.get(sent[2], 0) + 1
         if len(self.in_flight) <= self._refill_at:  # wake the publisher for a batch, not for every PUBACK
             self._progress.set()
 
@@ -248,6 +254,10 @@ class Uplink:
         self._deletes: set[asyncio.Task[None]] = set()
         self._acked: set[int] = set()
         self.published = 0
+        self.published_by_kind: dict[str, int] = {}  # events acknowledged since start, for /metrics
+        self.reconnects = 0
+        self._connected_before = False
+        self.availability = AvailabilityPublisher(config, db, config.uplink.topic_prefix, config.store.id)
         self._outage: _Outage | None = None
         self._backoff = _BACKOFF_START_S
         self._link_now: MqttConnection | None = None
@@ -314,6 +324,8 @@ class Uplink:
             try:
                 async with link:
                     connected_at = loop.time()
+                    self.reconnects += self._connected_before
+                    self._connected_before = True
                     if self._outage is None:
                         log.info("uplink: connected to %s", self.config.uplink.url)
                     else:
@@ -452,6 +464,7 @@ class Uplink:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._receive(link), name="uplink-commands")
                 group.create_task(self._publish_outbox(link), name="uplink-outbox")
+                group.create_task(self.availability.run(link, self._stopping), name="uplink-availability")
         finally:
             self._link_now = None
         with contextlib.suppress(LinkError):
@@ -548,7 +561,7 @@ class Uplink:
             await asyncio.gather(*list(self._deletes), return_exceptions=True)
         progress = self._wake  # set by every commit (new events) and by PUBACKs (room in the window)
         refill_at = max(1, self.window // 2)  # fetch rows in batches, not one per PUBACK
-        window = OutboxWindow(link, progress, refill_at)
+        window = OutboxWindow(link, progress, refill_at, self.published_by_kind)
         puback_timeout_s = min(_PUBACK_TIMEOUT_S, 1.5 * self.config.uplink.keepalive_s)
         cursor = 0
         try:
@@ -575,7 +588,9 @@ class Uplink:
                     for event in batch:
                         cursor = event.seq
                         if event.seq not in self._acked:
-                            window.publish(self.topics.event(event.kind), event.envelope(self.topics.store), event.seq)
+                            window.publish(
+                                self.topics.event(event.kind), event.envelope(self.topics.store), event.seq, event.kind
+                            )
                     if batch:
                         log.debug("uplink: publishing events seq %d to %d", batch[0].seq, batch[-1].seq)
                         continue
