@@ -123,10 +123,21 @@ class DemoBroker:
             await self._amqtt.shutdown()
 
 
-def render_config(directory: Path, port: int, printer_port: int, scanner: Path) -> str:
+def page_port() -> int:
+    """8080 for the status page when it is free (easy to remember), else any free port."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", 8080))
+        except OSError:
+            return free_port()
+    return 8080
+
+
+def render_config(directory: Path, port: int, printer_port: int, scanner: Path, http_port: int) -> str:
     template = resources.files("gateway.demo").joinpath("demo.toml").read_text(encoding="utf-8")
     return (
         template.replace("{dir}", str(directory))
+        .replace("{http_port}", str(http_port))
         .replace("{port}", str(port))
         .replace("{printer_port}", str(printer_port))
         .replace("{scanner}", str(scanner))
@@ -177,12 +188,13 @@ def this_program() -> str:
     return shlex.quote(str(script.resolve()))
 
 
-def _instructions(directory: Path, broker: DemoBroker, scanner: DemoScanner) -> str:
+def _instructions(directory: Path, broker: DemoBroker, scanner: DemoScanner, page: str) -> str:
     me = this_program()
     d = shlex.quote(str(directory))
     return f"""
 store-gateway demo is running for store {STORE}. Everything it writes is under {directory}/
 
+  status page  {page}   (open it in a browser: devices, outbox, labels, orders, events)
   broker    {broker.url}  ({broker.kind}; head office and the in-store sensors use it)
   labels    {directory}/labels/*.png        (simulated label station)
   prints    {directory}/prints/             (simulated receipt printer: .txt and raw .bin per job)
@@ -218,7 +230,7 @@ async def run_demo(directory: Path) -> int:
     try:
         await printer.start()
         scanner.start()
-        text = render_config(directory, broker.port, printer.port, scanner.link)
+        text = render_config(directory, broker.port, printer.port, scanner.link, page_port())
         (directory / "gateway.toml").write_text(text)
         import tomllib
 
@@ -228,7 +240,8 @@ async def run_demo(directory: Path) -> int:
         await _seed(config, broker.url, directory)
         tasks.append(asyncio.create_task(scanner.serve(), name="demo-scanner"))
         tasks.append(asyncio.create_task(simulate_shelf_sensor(broker.port, "sensors/shelf-a1", stop), name="sensor"))
-        print(_instructions(directory, broker, scanner), flush=True)
+        page = f"http://{config.http.listen}/" if config.http is not None else "(no [http] section)"
+        print(_instructions(directory, broker, scanner, page), flush=True)
         await stop.wait()
         print("\nstopping the demo...", flush=True)
         return await gateway_task

@@ -161,14 +161,16 @@ class _Words:
         return escape(self.table.get(key, key))
 
 
-def _local(text: str | None, zone: ZoneInfo, t: _Words) -> str:
+def _local(text: str | None, zone: ZoneInfo, t: _Words, today: str = "") -> str:
+    """A time in the store's zone; today's without the date (narrow phone screens)."""
     if not text:
         return t("never")
     try:
         moment = parse_rfc3339(text).astimezone(zone)
     except ValueError:
         return escape(text)
-    return moment.strftime("%Y-%m-%d %H:%M:%S")
+    day = moment.strftime("%Y-%m-%d")
+    return moment.strftime("%H:%M:%S" if day == today else "%Y-%m-%d %H:%M")
 
 
 def _badge(state: str, t: _Words) -> str:
@@ -187,6 +189,7 @@ def _event_summary(event: Event) -> str:
 def render(data: PageData, lang: str, zone: ZoneInfo, now: datetime) -> str:
     """The whole page."""
     t = _Words(lang)
+    today = now.astimezone(zone).strftime("%Y-%m-%d")
     report = data.status
     gateway, uplink, box = report["gateway"], report["uplink"], report["outbox"]
     oldest = box.get("oldest_age_s")
@@ -197,7 +200,7 @@ def render(data: PageData, lang: str, zone: ZoneInfo, now: datetime) -> str:
     device_rows = (
         "".join(
             f'<tr data-device="{escape(d.id)}" data-status="{escape(d.status)}"><td>{escape(d.id)}</td>'
-            f"<td>{t(d.kind)}</td><td>{_badge(d.status, t)}</td><td>{_local(d.since, zone, t)}</td>"
+            f"<td>{t(d.kind)}</td><td>{_badge(d.status, t)}</td><td>{_local(d.since, zone, t, today)}</td>"
             f"<td>{escape(d.detail or '')}</td></tr>"
             for d in data.devices
         )
@@ -209,21 +212,21 @@ def render(data: PageData, lang: str, zone: ZoneInfo, now: datetime) -> str:
     )
     label_rows = "".join(
         f"<tr><td>{escape(item.label)}</td><td>{escape(item.sku)}</td><td>{escape(item.price or '')}</td>"
-        f"<td>{_badge(item.state, t)}</td><td>{_local(item.since, zone, t)}</td></tr>"
+        f"<td>{_badge(item.state, t)}</td><td>{_local(item.since, zone, t, today)}</td></tr>"
         for item in data.unconfirmed
     )
     order_rows = (
         "".join(
             f'<tr data-order="{escape(o.order)}"><td>{escape(o.order)}</td><td>{_badge(o.status, t)}</td>'
             f"<td>{sum(line.qty for line in o.lines)} ({len(o.lines)})</td>"
-            f"<td>{_local(o.deadline or o.expires_at, zone, t) if (o.deadline or o.expires_at) else '-'}</td></tr>"
+            f"<td>{_local(due, zone, t, today) if (due := o.deadline or o.expires_at) else '-'}</td></tr>"
             for o in data.orders
         )
         or f'<tr><td colspan="4">{t("none")}</td></tr>'
     )
     event_rows = (
         "".join(
-            f'<tr data-seq="{e.seq}"><td>{e.seq}</td><td>{_local(e.at, zone, t)}</td><td>{escape(e.type)}</td>'
+            f'<tr data-seq="{e.seq}"><td>{e.seq}</td><td>{_local(e.at, zone, t, today)}</td><td>{escape(e.type)}</td>'
             f"<td>{_event_summary(e)}</td></tr>"
             for e in data.events
         )
@@ -278,7 +281,7 @@ footer {{ color: #777; font-size: 0.8rem; margin-top: 1rem; }}
 <small>{escape(str(gateway.get("version") or ""))}</small></div>
 <div class="card" id="uplink-card"><small>{t("uplink")}</small>
 <span id="uplink-state">{_badge(uplink["state"], t)}</span>
-<small>{t("last_connected")} {_local(uplink.get("last_connected_at"), zone, t)}</small></div>
+<small>{t("last_connected")} {_local(uplink.get("last_connected_at"), zone, t, today)}</small></div>
 <div class="card"><small>{t("outbox")}</small><span class="big" id="outbox-depth">{box["depth"]}</span>
 <small>{t("waiting")}; {t("oldest")} <span id="outbox-oldest">{oldest_text}</span></small></div>
 <div class="card" id="labels-card"><small>{t("labels")}</small>{label_counts}

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import zxingcpp
@@ -63,6 +64,11 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         broker = re.search(r"mqtt://127\.0\.0\.1:\d+", output)
         assert broker, output
         url = broker.group(0)
+        page = re.search(r"status page  (http://127\.0\.0\.1:\d+/)", output)
+        assert page, output
+        with urllib.request.urlopen(page.group(1), timeout=10) as answer:
+            html = answer.read().decode()
+        assert answer.status == 200 and "DEMO1" in html and 'data-device="till-1"' in html
         label = demo_dir / "labels" / "demo-0001.png"
         for _ in range(100):
             if label.exists():
