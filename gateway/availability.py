@@ -2,7 +2,8 @@
 
 One retained topic per configured device, `P/stores/S/devices/<id>/availability`, with
 `{"state": "online"}` or `{"state": "offline"}` (a device in `error`, or not heard from yet, is
-offline). It is published on every connection and again whenever a device's status changes. A
+offline). It is published on every connection and again whenever a device's status changes (seen
+through a change count that devices.report bumps in the same transaction, read after commits). A
 device removed from the config has its retained message cleared (an empty retained payload) at the
 first connection after the start. The gateway's last will does not cover these topics: head office
 reads the gateway's own state first.
@@ -11,9 +12,11 @@ reads the gateway's own state first.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import sqlite3
+from collections.abc import Awaitable
 from typing import Literal
 
 from gateway import devices
@@ -26,7 +29,9 @@ log = logging.getLogger(__name__)
 
 Availability = Literal["online", "offline"]
 
-_PUBLISHED_KEY = "availability.devices"  # meta: the device ids whose availability was ever published
+_PUBLISHED_KEY = "availability.devices"
+# While commits flow (thousands of events a second), the change count is read at most this often.
+_CHECK_S = 0.25  # meta: the device ids whose availability was ever published
 
 
 def availability_of(status: str | None) -> Availability:
@@ -35,6 +40,26 @@ def availability_of(status: str | None) -> Availability:
 
 def _statuses(conn: sqlite3.Connection) -> dict[str, str]:
     return {str(r[0]): str(r[1]) for r in conn.execute("SELECT id, status FROM devices")}
+
+
+def _changed_since(conn: sqlite3.Connection, known: str | None) -> tuple[str, dict[str, str] | None]:
+    """The devices' change count, and their statuses unless the count is still `known` (one snapshot)."""
+    conn.execute("BEGIN")
+    try:
+        count = get_meta(conn, devices.CHANGES_KEY) or "0"
+        return count, None if count == known else _statuses(conn)
+    finally:
+        conn.execute("COMMIT")
+
+
+async def _first(*waits: Awaitable[object]) -> None:
+    """Return when the first of `waits` is done; cancel the others."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def _previously_published(conn: sqlite3.Connection) -> set[str]:
@@ -51,8 +76,7 @@ class AvailabilityPublisher:
         self.prefix = prefix
         self.store = store
         self.configured = [device_id for _kind, device_id in config.device_ids()]
-        self._seen = devices.changes
-        self._changed = asyncio.Event()
+        self._commits = asyncio.Event()
         self._cleared = False
         db.on_commit.append(self._after_commit)
 
@@ -60,30 +84,32 @@ class AvailabilityPublisher:
         return f"{self.prefix}/stores/{self.store}/devices/{device_id}/availability"
 
     def _after_commit(self) -> None:
-        if devices.changes != self._seen:  # one integer compare per commit: nothing on the hot path
-            self._seen = devices.changes
-            self._changed.set()
+        self._commits.set()
 
     async def run(self, link: MqttConnection, stopping: asyncio.Event) -> None:
         """Publish on this connection until `stopping` is set (the connection's errors propagate)."""
         if not self._cleared:
             await self._clear_removed(link)
         published: dict[str, Availability] = {}
+        known: str | None = None
         while not stopping.is_set():
-            self._changed.clear()
-            statuses = await self.db.read(_statuses)
-            for device_id in self.configured:
-                state = availability_of(statuses.get(device_id))
-                if published.get(device_id) != state:
-                    payload = json.dumps({"state": state}).encode()
-                    await link.publish(self.topic(device_id), payload, qos=1, retain=True)
-                    published[device_id] = state
-            waits = [asyncio.ensure_future(self._changed.wait()), asyncio.ensure_future(stopping.wait())]
-            try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for waiter in waits:
-                    waiter.cancel()
+            self._commits.clear()
+            known, statuses = await self.db.read(functools.partial(_changed_since, known=known))
+            if statuses is not None:
+                await self._publish(link, statuses, published)
+            # a commit may hold a status change; while commits flow, look at most every _CHECK_S
+            await _first(self._commits.wait(), stopping.wait())
+            await _first(asyncio.sleep(_CHECK_S), stopping.wait())
+
+    async def _publish(
+        self, link: MqttConnection, statuses: dict[str, str], published: dict[str, Availability]
+    ) -> None:
+        for device_id in self.configured:
+            state = availability_of(statuses.get(device_id))
+            if published.get(device_id) != state:
+                await link.publish(self.topic(device_id), json.dumps({"state": state}).encode(), qos=1, retain=True)
+                published[device_id] = state
+                log.debug("availability: %s is %s", device_id, state)
 
     async def _clear_removed(self, link: MqttConnection) -> None:
         removed = sorted((await self.db.read(_previously_published)) - set(self.configured))

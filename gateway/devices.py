@@ -17,9 +17,9 @@ log = logging.getLogger(__name__)
 
 DeviceStatus = Literal["online", "offline", "error"]
 
-# Bumped (on the writer thread) whenever a device's status row changes; the availability publisher
-# compares it after each commit instead of reading the devices table on every commit.
-changes = 0
+# Counts status changes, in the same transaction: the availability publisher reads this one row to
+# know whether the devices table changed, rather than the table itself.
+CHANGES_KEY = "devices.changes"
 
 
 def report(
@@ -43,8 +43,11 @@ def report(
         "detail = excluded.detail, since_ms = excluded.since_ms",
         (device, kind, status, detail, epoch_ms(utc_now())),
     )
-    global changes
-    changes += 1
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, '1') "
+        "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+        (CHANGES_KEY,),
+    )
     data: dict[str, str] = {"device": device, "kind": kind, "status": status}
     if detail:
         data["detail"] = detail

@@ -69,7 +69,7 @@ def _is_loopback(address: str | None) -> bool:
 
 def _states(request: web.Request, name: str, allowed: Sequence[str]) -> list[str]:
     """`?state=a,b` (or repeated): the states asked for; BadParameter naming the parameter otherwise."""
-    wanted = [part.strip() for value in request.query.getall(name, []) for part in value.split(",") if part.strip()]
+    wanted = [part for value in request.query.getall(name, []) for part in value.split(",")]
     for value in wanted:
         if value not in allowed:
             raise BadParameter(f'{name}: unknown state "{value}"; expected one of {", ".join(allowed)}')
