@@ -322,3 +322,44 @@ def test_openapi_document_is_generated_from_the_models() -> None:
     with contextlib.redirect_stdout(out):
         main()
     assert json.loads(out.getvalue()) == OPENAPI, "docs/openapi.yaml is stale: python -m gateway.http.openapi"
+
+
+async def test_healthz_says_why_it_is_not_healthy(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    """The HTTP service on a real state database, without the rest of the daemon: 200 `ok`, then 503
+    with the reason once the daemon is stopping, and when the database writer is gone."""
+    from gateway.bus import Bus
+    from gateway.commands import Dispatcher
+    from gateway.config import load_config
+    from gateway.db import StateDB
+    from gateway.http.server import HttpService
+    from gateway.service import Gateway
+    from gateway.supervisor import Supervisor
+
+    port = free_port()
+    config = load_config(write_config(tmp_path, mosquitto, store="hz1", extra=f'[http]\nlisten = "127.0.0.1:{port}"\n'))
+    db = StateDB(config.state.path)
+    await db.start()
+    service = HttpService(Gateway(config, db, Bus(), Dispatcher(), Supervisor(db)))
+    service.setup()
+    server = asyncio.create_task(service.serve())
+
+    async def health(session: aiohttp.ClientSession) -> tuple[int, str]:
+        async with session.get(f"http://127.0.0.1:{port}/healthz") as answer:
+            return answer.status, await answer.text()
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):
+                with contextlib.suppress(aiohttp.ClientConnectionError):
+                    if (await health(session))[0] == 200:
+                        break
+                await asyncio.sleep(0.05)
+            assert await health(session) == (200, "ok\n")
+            await db.close()
+            assert await health(session) == (503, "the state database writer is not running\n")
+            await service.stop()
+            assert await health(session) == (503, "stopping\n")
+    finally:
+        server.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await server
