@@ -65,7 +65,9 @@ async def _first(*waits: Awaitable[object]) -> None:
 def _previously_published(conn: sqlite3.Connection) -> set[str]:
     text = get_meta(conn, _PUBLISHED_KEY)
     known = set(json.loads(text)) if text else set()
-    return known | set(_statuses(conn))
+    # devices of the config's kinds only (the gateway's own storage is not a configured device)
+    rows = conn.execute("SELECT id FROM devices WHERE kind IN ('printer', 'scanner', 'label_station', 'sensor')")
+    return known | {str(row[0]) for row in rows}
 
 
 class AvailabilityPublisher:
