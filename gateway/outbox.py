@@ -91,16 +91,20 @@ def delete(conn: sqlite3.Connection, seqs: Iterable[int]) -> None:
             ranges.append((seq, seq))
     if not ranges:
         return
-    # keep the newest acknowledged events for the status page (only those that can stay)
-    floor = ranges[-1][1] - RECENT_KEPT
+    # Keep the newest acknowledged events for the status page: only those that can be among the
+    # RECENT_KEPT newest (none while a long outbox drains, so a drain does no extra work).
+    newest = conn.execute("SELECT max(seq) FROM outbox").fetchone()[0] or 0
+    floor = max(ranges[-1][1], int(newest)) - RECENT_KEPT
     kept = [(max(low, floor + 1), high) for low, high in ranges if high > floor]
-    conn.executemany(
-        "INSERT OR IGNORE INTO recent_events (seq, id, kind, at, data) "
-        "SELECT seq, id, kind, at, data FROM outbox WHERE seq BETWEEN ? AND ?",
-        kept,
-    )
+    if kept:
+        conn.executemany(
+            "INSERT OR IGNORE INTO recent_events (seq, id, kind, at, data) "
+            "SELECT seq, id, kind, at, data FROM outbox WHERE seq BETWEEN ? AND ?",
+            kept,
+        )
     conn.executemany("DELETE FROM outbox WHERE seq BETWEEN ? AND ?", ranges)
-    conn.execute("DELETE FROM recent_events WHERE seq <= (SELECT max(seq) FROM recent_events) - ?", (RECENT_KEPT,))
+    if kept:
+        conn.execute("DELETE FROM recent_events WHERE seq <= (SELECT max(seq) FROM recent_events) - ?", (RECENT_KEPT,))
 
 
 def recent(conn: sqlite3.Connection, limit: int) -> list[OutboxEvent]:
