@@ -21,7 +21,6 @@ from gateway.clock import WallClock, last_recorded
 from gateway.commands import Dispatcher
 from gateway.config import Config
 from gateway.db import StateDB, set_meta
-from gateway.http.server import HttpService
 from gateway.instance import InstanceLock
 from gateway.labels.service import LabelService
 from gateway.orders import OrderService
@@ -39,7 +38,8 @@ from gateway.uplink import Uplink
 log = logging.getLogger(__name__)
 
 # The domain services, one per concern. Adding a feature is adding a service here. (Their heavy
-# libraries - Pillow, python-escpos, biip, bleak - load on first use, not on import.)
+# libraries - Pillow, python-escpos, biip, bleak - load on first use, not on import. The HTTP server is
+# not among them: it is added in `_run` only when the config has an [http] table.)
 SERVICES: list[Callable[[Gateway], Service]] = [
     PricingService,
     StockService,
@@ -48,7 +48,6 @@ SERVICES: list[Callable[[Gateway], Service]] = [
     ScanningService,
     ShelfService,
     OrderService,
-    HttpService,
 ]
 
 _STOP_BUDGET_S = 8.0
@@ -93,6 +92,11 @@ async def _run(config: Config, stop: asyncio.Event) -> int:
     clock = WallClock(gateway.bus, reference)
     gateway.add_task("clock", clock.watch)
     services = [make(gateway) for make in SERVICES]
+    if config.http is not None:
+        # aiohttp and the API's models cost about 15 MB and 0.2 s of start: loaded only when [http] asks
+        from gateway.http.server import HttpService
+
+        services.append(HttpService(gateway))
     for service in services:
         service.setup()
     uplink = Uplink(config, db, gateway.apply_command, version=__version__, started_at=started_at)
