@@ -48,10 +48,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway import daemon
     from gateway.db import SchemaTooNew, StateDamaged
     from gateway.instance import LockError
+    from gateway.storage import StorageFull
 
     try:
         return asyncio.run(daemon.run(config))
-    except (LockError, StateDamaged, SchemaTooNew) as exc:
+    except (LockError, StateDamaged, SchemaTooNew, StorageFull) as exc:  # StorageFull: no database to start on
         print(f"store-gateway: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

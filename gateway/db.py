@@ -133,18 +133,39 @@ def open_state(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         path.parent.mkdir(parents=True, exist_ok=True)
         _create(path)
     try:
-        conn = connect(path, readonly=readonly)
+        return _connect_checked(path, readonly=readonly, check=not fresh)
+    except sqlite3.OperationalError as exc:
+        if not (readonly and is_full_error(exc) and _checkpointed(path)):
+            raise
+    # Reading a WAL database makes SQLite build its shared-memory index (<path>-shm), which a full disk
+    # refuses. A gateway that stopped cleanly left everything in the file itself (no WAL frames), so
+    # `status` reads the file as it is, without the index.
+    return _connect_checked(path, readonly=True, check=True, immutable=True)
+
+
+def _connect_checked(path: Path, *, readonly: bool, check: bool, immutable: bool = False) -> sqlite3.Connection:
+    try:
+        conn = connect(path, readonly=readonly, immutable=immutable)
     except sqlite3.DatabaseError as exc:  # "file is not a database": its header is gone
         if is_full_error(exc):
             raise  # a full disk, not a damaged file: the caller makes room
         raise StateDamaged(f"state database {path} cannot be read ({exc}); {WAY_OUT}") from None
-    if not fresh:
+    if check:
         try:
             quick_check(conn, path)
-        except StateDamaged:
+        except (StateDamaged, sqlite3.Error):
             conn.close()
             raise
     return conn
+
+
+def _checkpointed(path: Path) -> bool:
+    """No WAL frames wait beside the database: the file alone holds all of it."""
+    wal = path.with_name(path.name + "-wal")
+    try:
+        return wal.stat().st_size == 0
+    except FileNotFoundError:
+        return True
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -157,10 +178,15 @@ def migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
-    """A connection with the gateway's pragmas; autocommit mode, transactions are explicit."""
+def connect(path: Path, *, readonly: bool = False, immutable: bool = False) -> sqlite3.Connection:
+    """A connection with the gateway's pragmas; autocommit mode, transactions are explicit.
+
+    `immutable` (read-only only) reads the file without locks or the WAL index: only for a database
+    that no process writes and whose WAL is empty.
+    """
     if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+        uri = f"file:{path}?mode=ro{'&immutable=1' if immutable else ''}"
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
     else:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
@@ -205,8 +231,13 @@ class StateDB:
             self.schema_version = migrate(self.conn)
             started_full = False
         except (sqlite3.Error, OSError) as exc:
-            if not is_full_error(exc) or not release_reserve(path):
+            if not is_full_error(exc):
                 raise
+            if not release_reserve(path):  # a first start (no reserve yet) on a disk already full
+                raise StorageFull(
+                    f"cannot open the state database {path}: the disk is full ({free_bytes(path) // 1024} KiB "
+                    f"free in {path.parent}); make room there and start again"
+                ) from None
             # The disk is full and SQLite cannot even open a WAL database: the reserve makes that room.
             self.conn = open_state(path)
             self.schema_version = migrate(self.conn)

@@ -173,3 +173,71 @@ async def test_a_start_on_a_full_disk_runs_degraded(
             if process is not None and process.process and process.process.poll() is None:
                 process.kill()
         kiosk.close()
+
+
+async def test_status_of_a_stopped_gateway_on_a_full_disk(
+    small_disk: SmallDisk, mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    """The technician's first look after a full disk stopped things: `status` reads the state database
+    although SQLite cannot create its shared-memory index there."""
+    config = write_config(small_disk.path, mosquitto, store="df3")
+    gateway = GatewayProcess(config, tmp_path / "gateway.log").start()
+    try:
+        async with head_office(mosquitto, "df3") as hq:
+            await hq.wait_for(lambda s: s.get("state") == "online", timeout=20)
+            assert (await hq.command("price.set", {"items": [ITEM]}))["status"] == "applied"
+        assert gateway.terminate() == 0
+    finally:
+        if gateway.process and gateway.process.poll() is None:
+            gateway.kill()
+    db_path = small_disk.path / "state.db"
+    assert not db_path.with_name("state.db-shm").exists()  # a clean stop leaves no index behind
+    small_disk.fill()
+
+    report = status(config)
+    assert report["gateway"]["state"] == "stopped"
+    assert report["catalogue"]["products"] == 1
+    storage = storage_device(report)
+    assert storage["status"] == "error" and "disk full" in storage["detail"], storage
+
+    small_disk.free()  # and the gateway starts again on it as usual
+    again = GatewayProcess(config, tmp_path / "again.log").start()
+    try:
+        async with head_office(mosquitto, "df3") as hq:
+            await hq.wait_for(lambda s: s.get("state") == "online", timeout=20)
+            assert (await hq.command("stock.adjust", {"sku": "N1", "delta": 1, "reason": "receive"}))[
+                "status"
+            ] == "applied"
+        assert again.terminate() == 0
+    finally:
+        if again.process and again.process.poll() is None:
+            again.kill()
+    assert on_hand(db_path, "N1") == 1
+
+
+async def test_a_first_start_on_a_full_disk_says_so_and_exits_1(
+    small_disk: SmallDisk, mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    """No database yet and no room to make one: one line naming the path and the free space, exit 1
+    (systemd starts it again); once there is room, the same start works."""
+    config = write_config(small_disk.path, mosquitto, store="df4")
+    small_disk.fill()
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "gateway", "run", "--config", str(config)],
+        capture_output=True, text=True, cwd=REPO, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    db_path = small_disk.path / "state.db"
+    assert f"store-gateway: cannot open the state database {db_path}: the disk is full" in done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert not db_path.exists()  # no 0-byte database left to be taken for a lost one
+
+    small_disk.free()
+    gateway = GatewayProcess(config, tmp_path / "gateway.log").start()
+    try:
+        async with head_office(mosquitto, "df4") as hq:
+            await hq.wait_for(lambda s: s.get("state") == "online", timeout=20)
+        assert gateway.terminate() == 0
+    finally:
+        if gateway.process and gateway.process.poll() is None:
+            gateway.kill()
