@@ -80,6 +80,10 @@ class NatsNode(NatsServer):
         return conf
 
 
-def nats_cluster(workdir: Path) -> list[NatsNode]:
+def nats_cluster(workdir: Path, mqtt_settings: dict[str, object] | None = None) -> list[NatsNode]:
     ports = [free_port() for _ in range(3)]
-    return [NatsNode(workdir / f"n{i}", name=f"fleet-n{i}", cluster_port=ports[i], routes=ports) for i in range(3)]
+    return [
+        NatsNode(workdir / f"n{i}", name=f"fleet-n{i}", cluster_port=ports[i], routes=ports,
+                 mqtt_settings=dict(mqtt_settings or {}))
+        for i in range(3)
+    ]  # fmt: skip

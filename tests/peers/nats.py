@@ -49,6 +49,8 @@ class NatsServer:
     nats_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     name: str = field(default_factory=lambda: f"sgtest-{os.getpid()}-{next(_servers)}")
+    # more settings of the `mqtt {}` block, e.g. {"consumer_replicas": 1} (see docs/brokers.md, NATS at scale)
+    mqtt_settings: dict[str, object] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
 
     host = "127.0.0.1"
@@ -85,6 +87,7 @@ class NatsServer:
                 entry["allowed_connection_types"] = list(user.connection_types)
             users.append(entry)
         # the NATS config format accepts JSON values, so json.dumps quotes every name and subject safely
+        mqtt_settings = "".join(f"  {key}: {json.dumps(value)}\n" for key, value in self.mqtt_settings.items())
         text = f"""
 server_name: {json.dumps(self.name)}
 listen: "127.0.0.1:{self.nats_port}"
@@ -97,7 +100,7 @@ jetstream {{
 }}
 mqtt {{
   listen: "127.0.0.1:{self.port}"
-}}
+{mqtt_settings}}}
 authorization {{
   users: {json.dumps(users)}
 }}
