@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import sqlite3
 from collections.abc import Callable
@@ -78,7 +77,6 @@ async def _run(config: Config, stop: asyncio.Event) -> int:
 
     def record_start(conn: sqlite3.Connection) -> None:
         set_meta(conn, "daemon.started_at", started_at)
-        set_meta(conn, "daemon.pid", str(os.getpid()))
         set_meta(conn, "daemon.version", __version__)
         set_meta(conn, "daemon.state", "running")
         set_meta(conn, "store.id", config.store.id)
