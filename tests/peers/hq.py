@@ -216,5 +216,17 @@ class GatewayProcess:
         return self.process.wait(timeout)
 
     @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def __enter__(self) -> GatewayProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """A test that failed before it stopped the gateway leaves none behind."""
+        if self.running:
+            self.kill()
+
+    @property
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

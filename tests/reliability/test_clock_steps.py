@@ -46,8 +46,7 @@ async def test_a_forward_step_applies_what_it_overtook_and_a_far_future_clock_is
 ) -> None:
     clock = FakeClock(tmp_path)
     config = write_config(tmp_path, mosquitto, store="clk1", extra=LABELS.format(directory=tmp_path / "labels"))
-    gateway = GatewayProcess(config, tmp_path / "gateway.log", env=clock.env).start()
-    try:
+    with GatewayProcess(config, tmp_path / "gateway.log", env=clock.env).start() as gateway:
         async with head_office(mosquitto, "clk1") as hq:
             await hq.wait_for(lambda s: s.get("state") == "online", timeout=20)
             await hq.command("stock.set", {"items": [{"sku": "A1", "on_hand": 5, "version": 1}]})
@@ -78,9 +77,6 @@ async def test_a_forward_step_applies_what_it_overtook_and_a_far_future_clock_is
             await asyncio.sleep(1.5)
             assert (await hq.command("price.set", {"items": [{**ITEM, "version": 3}]}))["status"] == "applied"
         assert gateway.terminate() == 0
-    finally:
-        if gateway.process and gateway.process.poll() is None:
-            gateway.kill()
     log = gateway.log
     assert "wall clock stepped by +2 h 0 min" in log, log[-3000:]
     warnings = [line for line in log.splitlines() if "the wall clock reads" in line]
@@ -92,8 +88,7 @@ async def test_a_backward_step_holds_a_due_price_until_the_clock_reaches_it_agai
 ) -> None:
     clock = FakeClock(tmp_path)
     config = write_config(tmp_path, mosquitto, store="clk2")
-    gateway = GatewayProcess(config, tmp_path / "gateway.log", env=clock.env).start()
-    try:
+    with GatewayProcess(config, tmp_path / "gateway.log", env=clock.env).start() as gateway:
         async with head_office(mosquitto, "clk2") as hq:
             await hq.wait_for(lambda s: s.get("state") == "online", timeout=20)
             await hq.command("price.set", {"items": [ITEM]})
@@ -111,7 +106,4 @@ async def test_a_backward_step_holds_a_due_price_until_the_clock_reaches_it_agai
             applied_after = time.monotonic() - stepped
             assert applied_after < FOLLOWS_WITHIN_S, f"applied {applied_after:.1f} s after the clock came back"
         assert gateway.terminate() == 0
-    finally:
-        if gateway.process and gateway.process.poll() is None:
-            gateway.kill()
     assert "wall clock stepped by -60 min" in gateway.log

@@ -11,6 +11,7 @@ runs in the same degraded mode.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -88,9 +89,8 @@ async def test_full_disk_degrades_and_space_returning_resumes(
 ) -> None:
     kiosk = PtyScanner(tmp_path, "kiosk")
     config = write_config(small_disk.path, mosquitto, store="df1", extra=KIOSK.format(port=kiosk.path))
-    gateway = GatewayProcess(config, tmp_path / "gateway.log").start()
     db_path = small_disk.path / "state.db"
-    try:
+    with GatewayProcess(config, tmp_path / "gateway.log").start() as gateway, contextlib.closing(kiosk):
         async with head_office(mosquitto, "df1") as hq:
             await hq.wait_for(lambda s: s.get("state") == "online", timeout=20)
             assert (await hq.command("price.set", {"items": [ITEM]}))["status"] == "applied"
@@ -130,10 +130,6 @@ async def test_full_disk_degrades_and_space_returning_resumes(
             assert products(db_path) == 1 + len(CATALOGUE)
             assert storage_device(status(config))["status"] == "online"
         assert gateway.terminate() == 0
-    finally:
-        if gateway.process and gateway.process.poll() is None:
-            gateway.kill()
-        kiosk.close()
     log = gateway.log
     assert resumed_after < RECOVERS_WITHIN_S
     assert log.count("the disk under the state database is full") == 1, log[-3000:]
@@ -145,34 +141,28 @@ async def test_a_start_on_a_full_disk_runs_degraded(
 ) -> None:
     kiosk = PtyScanner(tmp_path, "kiosk")
     config = write_config(small_disk.path, mosquitto, store="df2", extra=KIOSK.format(port=kiosk.path))
-    first = GatewayProcess(config, tmp_path / "first.log").start()
-    try:
+    with contextlib.closing(kiosk), GatewayProcess(config, tmp_path / "first.log").start() as first:
         async with head_office(mosquitto, "df2") as hq:
             await hq.wait_for(lambda s: s.get("state") == "online", timeout=20)
             assert (await hq.command("price.set", {"items": [ITEM]}))["status"] == "applied"
         assert first.terminate() == 0
 
         small_disk.fill()
-        gateway = GatewayProcess(config, tmp_path / "gateway.log").start()
-        async with head_office(mosquitto, "df2") as hq:
-            state = await hq.wait_for(lambda s: s.get("storage", {}).get("status") == "error", timeout=20)
-            assert state["state"] == "online"
-            await asyncio.sleep(1)  # the scanner opens its port
-            assert await price_checks(kiosk, 3) == [ANSWER] * 3
-            assert gateway.process is not None and gateway.process.poll() is None  # it did not exit 1
-            assert storage_device(status(config))["status"] == "error"
-            waiting = await hq.send("stock.adjust", {"sku": "N1", "delta": 2, "reason": "receive"})
+        with GatewayProcess(config, tmp_path / "gateway.log").start() as gateway:
+            async with head_office(mosquitto, "df2") as hq:
+                state = await hq.wait_for(lambda s: s.get("storage", {}).get("status") == "error", timeout=20)
+                assert state["state"] == "online"
+                await asyncio.sleep(1)  # the scanner opens its port
+                assert await price_checks(kiosk, 3) == [ANSWER] * 3
+                assert gateway.running  # it did not exit 1
+                assert storage_device(status(config))["status"] == "error"
+                waiting = await hq.send("stock.adjust", {"sku": "N1", "delta": 2, "reason": "receive"})
 
-            small_disk.free()
-            assert (await hq.result(waiting, timeout=RECOVERS_WITHIN_S))["status"] == "applied"
-            await hq.wait_for(lambda s: s.get("storage", {}).get("status") == "online")
-        assert gateway.terminate() == 0
-        assert on_hand(small_disk.path / "state.db", "N1") == 2
-    finally:
-        for process in (first, locals().get("gateway")):
-            if process is not None and process.process and process.process.poll() is None:
-                process.kill()
-        kiosk.close()
+                small_disk.free()
+                assert (await hq.result(waiting, timeout=RECOVERS_WITHIN_S))["status"] == "applied"
+                await hq.wait_for(lambda s: s.get("storage", {}).get("status") == "online")
+            assert gateway.terminate() == 0
+    assert on_hand(small_disk.path / "state.db", "N1") == 2
 
 
 async def test_status_of_a_stopped_gateway_on_a_full_disk(
@@ -181,15 +171,11 @@ async def test_status_of_a_stopped_gateway_on_a_full_disk(
     """The technician's first look after a full disk stopped things: `status` reads the state database
     although SQLite cannot create its shared-memory index there."""
     config = write_config(small_disk.path, mosquitto, store="df3")
-    gateway = GatewayProcess(config, tmp_path / "gateway.log").start()
-    try:
+    with GatewayProcess(config, tmp_path / "gateway.log").start() as gateway:
         async with head_office(mosquitto, "df3") as hq:
             await hq.wait_for(lambda s: s.get("state") == "online", timeout=20)
             assert (await hq.command("price.set", {"items": [ITEM]}))["status"] == "applied"
         assert gateway.terminate() == 0
-    finally:
-        if gateway.process and gateway.process.poll() is None:
-            gateway.kill()
     db_path = small_disk.path / "state.db"
     assert not db_path.with_name("state.db-shm").exists()  # a clean stop leaves no index behind
     small_disk.fill()
@@ -201,17 +187,12 @@ async def test_status_of_a_stopped_gateway_on_a_full_disk(
     assert storage["status"] == "error" and "disk full" in storage["detail"], storage
 
     small_disk.free()  # and the gateway starts again on it as usual
-    again = GatewayProcess(config, tmp_path / "again.log").start()
-    try:
+    with GatewayProcess(config, tmp_path / "again.log").start() as again:
         async with head_office(mosquitto, "df3") as hq:
             await hq.wait_for(lambda s: s.get("state") == "online", timeout=20)
-            assert (await hq.command("stock.adjust", {"sku": "N1", "delta": 1, "reason": "receive"}))[
-                "status"
-            ] == "applied"
+            adjust = await hq.command("stock.adjust", {"sku": "N1", "delta": 1, "reason": "receive"})
+            assert adjust["status"] == "applied"
         assert again.terminate() == 0
-    finally:
-        if again.process and again.process.poll() is None:
-            again.kill()
     assert on_hand(db_path, "N1") == 1
 
 
@@ -233,11 +214,7 @@ async def test_a_first_start_on_a_full_disk_says_so_and_exits_1(
     assert not db_path.exists()  # no 0-byte database left to be taken for a lost one
 
     small_disk.free()
-    gateway = GatewayProcess(config, tmp_path / "gateway.log").start()
-    try:
+    with GatewayProcess(config, tmp_path / "gateway.log").start() as gateway:
         async with head_office(mosquitto, "df4") as hq:
             await hq.wait_for(lambda s: s.get("state") == "online", timeout=20)
         assert gateway.terminate() == 0
-    finally:
-        if gateway.process and gateway.process.poll() is None:
-            gateway.kill()
