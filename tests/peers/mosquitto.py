@@ -19,6 +19,8 @@ from pathlib import Path
 
 import trustme
 
+from tests.peers.process import ChildServer
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
@@ -50,7 +52,7 @@ class TlsFiles:
 
 
 @dataclass
-class MosquittoBroker:
+class MosquittoBroker(ChildServer):
     """One mosquitto process with its own config, data directory and log."""
 
     workdir: Path
@@ -146,26 +148,6 @@ class MosquittoBroker:
             _, err = self.process.communicate()
             raise RuntimeError(f"mosquitto failed: {err.decode(errors='replace')}\n{self.log}") from None
         return self
-
-    def stop(self) -> None:
-        """Graceful stop (SIGTERM): mosquitto saves its persistence file."""
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def kill(self) -> None:
-        """Hard stop (SIGKILL), as a crash or power cut of the broker."""
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
     def freeze(self) -> None:
         """SIGSTOP: a hung broker (or a dead link): connections stay open and nothing is answered."""

@@ -16,7 +16,6 @@ import itertools
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.peers.mosquitto import free_port
+from tests.peers.process import ChildServer
 
 _servers = itertools.count(1)
 
@@ -40,7 +40,7 @@ class NatsUser:
 
 
 @dataclass
-class NatsServer:
+class NatsServer(ChildServer):
     """One nats-server: NATS clients on `nats_port`, MQTT 3.1.1 on `port`, JetStream in `workdir/jetstream`."""
 
     workdir: Path
@@ -57,6 +57,7 @@ class NatsServer:
     tls = None
     kind = "nats"
     mqtt5 = False  # nats-server 2.9 speaks MQTT 3.1.1 only
+    stop_timeout_s = 30.0  # a graceful stop writes JetStream's sessions, queued and retained messages
 
     @property
     def url(self) -> str:
@@ -135,26 +136,6 @@ no_auth_user: guest
                     self.kill()
                     raise RuntimeError(f"nats-server did not listen within {timeout:g} s\n{self.log[-3000:]}") from None
                 time.sleep(0.05)
-
-    def stop(self) -> None:
-        """Graceful stop (SIGTERM): JetStream keeps sessions, queued QoS 1 messages and retained ones on disk."""
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash."""
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
     def close(self) -> None:
         self.stop()
