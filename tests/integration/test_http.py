@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import io
 import json
-import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,16 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.cli import main as cli_main
 from tests.peers.escpos_printer import EscposPrinterPeer
-from tests.peers.hq import REPO, HeadOffice, head_office, running_gateway, write_config
-from tests.peers.mosquitto import MosquittoBroker
+from tests.peers.hq import REPO, HeadOffice, head_office, running_gateway, status_page_devices, write_config
+from tests.peers.mosquitto import MosquittoBroker, free_port
 
 OPENAPI = json.loads((REPO / "docs" / "openapi.yaml").read_text())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def check_against_openapi(path: str, status: int, body: Any) -> None:
@@ -41,24 +34,8 @@ def check_against_openapi(path: str, status: int, body: Any) -> None:
 
 
 def station_and_printer(tmp_path: Path, printer: EscposPrinterPeer, port: int) -> str:
-    return f"""
-[http]
-listen = "127.0.0.1:{port}"
-
-[[printers]]
-id = "till-1"
-url = "{printer.url}"
-timeout_s = 1.0
-
-[[label_stations]]
-id = "sim-1"
-backend = "simulator"
-directory = "{tmp_path / "labels"}"
-confirm_delay_s = 0.05
-
-[orders]
-printer = "till-1"
-"""
+    devices = status_page_devices(port, printer.url, tmp_path / "labels", confirm_delay_s=0.05)
+    return devices + '\n[orders]\nprinter = "till-1"\n'
 
 
 @pytest.fixture

@@ -14,9 +14,8 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from tests.integration.test_http import free_port
-from tests.peers.hq import REPO, GatewayProcess, write_config
-from tests.peers.mosquitto import MosquittoBroker
+from tests.peers.hq import REPO, GatewayProcess, status_page_devices, write_config
+from tests.peers.mosquitto import MosquittoBroker, free_port
 
 schema = schemathesis.openapi.from_dict(json.loads((REPO / "docs" / "openapi.yaml").read_text()))
 
@@ -26,20 +25,7 @@ def gateway_url(mosquitto: MosquittoBroker, tmp_path_factory: pytest.TempPathFac
     """A gateway process with its status page, a label station and a printer, for the whole module."""
     directory: Path = tmp_path_factory.mktemp("schemathesis")
     port = free_port()
-    extra = f"""
-[http]
-listen = "127.0.0.1:{port}"
-
-[[printers]]
-id = "till-1"
-url = "tcp://127.0.0.1:9"
-timeout_s = 0.5
-
-[[label_stations]]
-id = "sim-1"
-backend = "simulator"
-directory = "{directory / "labels"}"
-"""
+    extra = status_page_devices(port, "tcp://127.0.0.1:9", directory / "labels", printer_timeout_s=0.5)
     config = write_config(directory, mosquitto, store="sch1", extra=extra)
     gateway = GatewayProcess(config, directory / "gateway.log").start()
     url = f"http://127.0.0.1:{port}"

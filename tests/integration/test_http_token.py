@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_http import free_port
 from tests.peers.hq import head_office, running_gateway, write_config
-from tests.peers.mosquitto import MosquittoBroker
+from tests.peers.mosquitto import MosquittoBroker, free_port
 
 TOKEN = "s3cret-token-for-the-test"
 

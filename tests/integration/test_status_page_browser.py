@@ -20,10 +20,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.integration.test_http import free_port
 from tests.peers.escpos_printer import EscposPrinterPeer
-from tests.peers.hq import head_office, running_gateway, write_config
-from tests.peers.mosquitto import MosquittoBroker
+from tests.peers.hq import head_office, running_gateway, status_page_devices, write_config
+from tests.peers.mosquitto import MosquittoBroker, free_port
 
 
 def chromium() -> str:
@@ -113,20 +112,7 @@ async def test_page_follows_a_printer_going_away_while_head_office_is_unreachabl
 ) -> None:
     printer = EscposPrinterPeer()
     port = free_port()
-    extra = f"""
-[http]
-listen = "127.0.0.1:{port}"
-
-[[printers]]
-id = "till-1"
-url = "{printer.url}"
-timeout_s = 1.0
-
-[[label_stations]]
-id = "sim-1"
-backend = "simulator"
-directory = "{tmp_path / "labels"}"
-"""
+    extra = status_page_devices(port, printer.url, tmp_path / "labels")
     config = write_config(tmp_path / "gw", own_mosquitto, store="web1", extra=extra)
     url = f"http://127.0.0.1:{port}/"
     try:

@@ -29,6 +29,28 @@ from tests.peers.brokers import MqttBroker
 REPO = Path(__file__).resolve().parents[2]
 
 
+def status_page_devices(
+    port: int, printer_url: str, labels: Path, *, printer_timeout_s: float = 1.0, confirm_delay_s: float | None = None
+) -> str:
+    """Config TOML for the status page's tests: [http] on `port`, the printer `till-1` and the simulated
+    label station `sim-1` writing into `labels`."""
+    delay = "" if confirm_delay_s is None else f"confirm_delay_s = {confirm_delay_s}\n"
+    return f"""
+[http]
+listen = "127.0.0.1:{port}"
+
+[[printers]]
+id = "till-1"
+url = "{printer_url}"
+timeout_s = {printer_timeout_s}
+
+[[label_stations]]
+id = "sim-1"
+backend = "simulator"
+directory = "{labels}"
+{delay}"""
+
+
 def write_config(
     directory: Path,
     broker: MqttBroker,
