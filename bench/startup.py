@@ -46,23 +46,15 @@ def write_config(workdir: Path, port: int) -> Path:
     return path
 
 
-BYTECODE: dict[str, str] = {}
-"""The environment of the gateway's processes: a bytecode cache of their own (set by `compile_ahead`)."""
-
-
-def compile_ahead(cache: Path) -> None:
-    """Compile gateway/ and drivers/ into `cache`, as an installed package has them."""
-    BYTECODE.clear()
-    BYTECODE["PYTHONPYCACHEPREFIX"] = str(cache)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"} | BYTECODE
+def compile_ahead(cache: Path) -> dict[str, str]:
+    """Compile gateway/ and drivers/ into `cache`, as an installed package has them; return the
+    environment of a gateway process that uses them."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"} | {"PYTHONPYCACHEPREFIX": str(cache)}
     subprocess.run([sys.executable, "-m", "compileall", "-q", "gateway", "drivers"], env=env, check=True, cwd=REPO)
+    return env
 
 
-def launch(config: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    if BYTECODE:
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env.update(BYTECODE)
+def launch(config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "gateway", "run", "--config", str(config)],
         stdout=subprocess.DEVNULL,
@@ -72,12 +64,12 @@ def launch(config: Path) -> subprocess.Popen[bytes]:
     )
 
 
-async def time_to_online(port: int, config: Path) -> float:
+async def time_to_online(port: int, config: Path, env: dict[str, str] | None = None) -> float:
     async with aiomqtt.Client("127.0.0.1", port) as client:
         await client.subscribe(f"retail/stores/{STORE}/gateway/state", qos=1)
         await asyncio.sleep(0.2)
         start = time.perf_counter()
-        proc = launch(config)
+        proc = launch(config, env)
         try:
             async with asyncio.timeout(20):
                 async for message in client.messages:
@@ -129,13 +121,12 @@ async def main_async(minutes: float) -> dict[str, object]:
         try:
             config = write_config(workdir, mqtt.port)
             progress("one start from source, then the modules compiled ahead and 5 runs...")
-            BYTECODE.clear()
             from_source = await time_to_online(mqtt.port, config)
-            compile_ahead(workdir / "pycache")
-            starts = [await time_to_online(mqtt.port, config) for _ in range(5)]
+            compiled = compile_ahead(workdir / "pycache")
+            starts = [await time_to_online(mqtt.port, config, compiled) for _ in range(5)]
             progress("seeding 100k products...")
             seed(workdir / "state.db", 100_000)
-            proc = launch(config)
+            proc = launch(config, compiled)
             await asyncio.sleep(2)
             progress(f"load for {minutes} min...")
             commands = await load(mqtt.port, minutes * 60)
